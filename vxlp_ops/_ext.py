@@ -1,0 +1,44 @@
+"""Loading of the compiled extension ``vxlp_ops._C``; importing vxlp_ops never fails because of it.
+
+If the extension imports, its ``TORCH_LIBRARY(vxlp_ops, ...)`` block has defined the op schemas. If it does
+not (not built, built against another torch, ``VXLP_DISABLE_EXTENSION=1``), the same schemas are defined
+from :data:`vxlp_ops._schemas.SCHEMAS` and :data:`EXTENSION_ERROR` records why, for ``vxlp_ops.info``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ._schemas import SCHEMAS
+
+EXTENSION_ERROR: str | None = None
+BUILD_INFO: dict = {}
+_C = None
+_LIB = None
+
+
+def _load() -> None:
+    global EXTENSION_ERROR, BUILD_INFO, _C, _LIB
+    if os.environ.get("VXLP_DISABLE_EXTENSION", "0").strip().lower() in ("1", "true", "yes", "on"):
+        EXTENSION_ERROR = "disabled by VXLP_DISABLE_EXTENSION=1"
+    else:
+        try:
+            from . import _C as ext  # noqa: PLC0415
+
+            _C = ext
+            BUILD_INFO = dict(ext.build_info())
+        except Exception as e:  # ImportError, or an undefined-symbol OSError from a torch mismatch
+            EXTENSION_ERROR = f"vxlp_ops._C failed to import: {type(e).__name__}: {e}"
+    if _C is None:
+        # Define the schemas ourselves, unless they already exist in this process.
+        try:
+            torch.ops.vxlp_ops.frame_attention.default  # noqa: B018
+        except (AttributeError, RuntimeError):
+            _LIB = torch.library.Library("vxlp_ops", "DEF")
+            for schema in SCHEMAS.values():
+                _LIB.define(schema)
+
+
+_load()

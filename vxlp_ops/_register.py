@@ -1,0 +1,72 @@
+"""Registration of one vxlp_ops op with torch: dispatching kernels (CPU, CUDA), fake kernels, autograd."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import _ext  # noqa: F401  (defines the schemas)
+from . import dispatch
+
+
+def register_op(
+    name: str,
+    check: Callable,
+    fake: Callable,
+    *,
+    backward_fake: Callable | None = None,
+    setup_context: Callable | None = None,
+    backward: Callable | None = None,
+) -> None:
+    """Register the CPU/CUDA kernels (dispatching over backends), the fake kernels and the autograd formula.
+
+    ``check(*args)`` validates the forward arguments (raises TypeError/ValueError naming the argument) and runs
+    before every backend and in the fake kernel. ``backward_fake`` is the fake kernel of ``{name}_backward``.
+    """
+    qual = f"vxlp_ops::{name}"
+    fill = _default_filler(name)
+    fill_backward = _default_filler(f"{name}_backward") if backward_fake is not None else None
+
+    def kernel(*args, **kwargs):
+        args = fill(args, kwargs)
+        check(*args)
+        return dispatch.call_forward(name, args)
+
+    def fake_kernel(*args, **kwargs):
+        args = fill(args, kwargs)
+        check(*args)
+        return fake(*args)
+
+    torch.library.impl(qual, ("CPU", "CUDA"), kernel)
+    torch.library.register_fake(qual)(fake_kernel)
+    if backward_fake is not None:
+
+        def backward_kernel(*args, **kwargs):
+            return dispatch.call_backward(name, fill_backward(args, kwargs))
+
+        def backward_fake_kernel(*args, **kwargs):
+            return backward_fake(*fill_backward(args, kwargs))
+
+        torch.library.impl(f"{qual}_backward", ("CPU", "CUDA"), backward_kernel)
+        torch.library.register_fake(f"{qual}_backward")(backward_fake_kernel)
+    if backward is not None:
+        torch.library.register_autograd(qual, backward, setup_context=setup_context)
+
+
+def _default_filler(name: str):
+    """Returns ``fill(args, kwargs) -> tuple`` giving every schema argument positionally.
+
+    Python kernels receive trailing arguments that equal their schema default omitted; backends always get the
+    full positional list.
+    """
+    schema = getattr(torch.ops.vxlp_ops, name).default._schema
+    params = [(a.name, a.default_value if a.has_default_value() else None) for a in schema.arguments]
+
+    def fill(args: tuple, kwargs: dict) -> tuple:
+        out = list(args)
+        for pname, default in params[len(args) :]:
+            out.append(kwargs.get(pname, default))
+        return tuple(out)
+
+    return fill

@@ -1,0 +1,51 @@
+"""``python -m vxlp_ops.info``: every op, every backend, and why a backend is unavailable here."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import torch
+
+from . import _ext, dispatch
+from ._schemas import PUBLIC_OPS
+
+
+def backend_table() -> list[tuple[str, str, str]]:
+    """Rows ``(op, backend, status)``: status is ``"available"`` or the reason the backend cannot run the op."""
+    rows = []
+    for op in PUBLIC_OPS:
+        for backend in dispatch.PRIORITY:
+            reasons = dispatch.backend_reasons(op, backend)
+            rows.append((op, backend, "available" if not reasons else "; ".join(reasons)))
+    return rows
+
+
+def report() -> str:
+    """The text printed by ``python -m vxlp_ops.info``."""
+    import vxlp_ops
+
+    lines = [
+        f"vxlp_ops {vxlp_ops.__version__}  torch {torch.__version__}  python {platform.python_version()}",
+        f"CUDA device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}",
+        "compiled extension: "
+        + (f"loaded {_ext.BUILD_INFO}" if _ext.EXTENSION_ERROR is None else f"unavailable: {_ext.EXTENSION_ERROR}"),
+        f"forced backend (VXLP_BACKEND): {dispatch.forced_backend() or 'none (automatic: cuda > triton > reference)'}",
+        "",
+    ]
+    width = max(len(op) for op in PUBLIC_OPS)
+    for op, backend, status in backend_table():
+        lines.append(f"{op:<{width}}  {backend:<9}  {status}")
+    lines.append("")
+    lines.append("'available' means the backend is installed for the op; each call still checks device, dtype and")
+    lines.append("shape, and falls through to the next backend with a reason (reference runs every valid input).")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
