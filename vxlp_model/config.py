@@ -211,7 +211,7 @@ class VideoXLProConfig(PreTrainedConfig):
             dts_max_relative_position=4,
             recot_decoder_layers=1,
             selector_budget=256,
-            chunk_frames=16,
+            chunk_frames=256,
         )
         defaults.update(overrides)
         return cls(vision_config=vision, text_config=text, **defaults)

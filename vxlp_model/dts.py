@@ -24,11 +24,12 @@ def group_norm_channels_last(x: torch.Tensor, norm: nn.GroupNorm, reduce_dims: t
     """
     c = x.shape[-1]
     g = norm.num_groups
-    xf = x.float().reshape(*x.shape[:-1], g, c // g)
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(ct).reshape(*x.shape[:-1], g, c // g)
     dims = tuple(d if d >= 0 else d - 1 for d in reduce_dims) + (-1,)
     var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)
     y = ((xf - mean) * torch.rsqrt(var + norm.eps)).reshape(x.shape)
-    return (y * norm.weight.float() + norm.bias.float()).to(x.dtype)
+    return (y * norm.weight.to(ct) + norm.bias.to(ct)).to(x.dtype)
 
 
 def _linear_1x1(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:

@@ -144,6 +144,35 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
             raise ValueError("frames must contain at least one frame")
         return torch.cat(out)
 
+    def encode_videos(self, videos: list) -> list[torch.Tensor]:
+        """Encode several videos, batching the frame tensors through vision + DTS together.
+
+        Each entry is uint8 ``[N_i, H, W, 3]`` (all of one H, W to be batched), an iterable of chunks (encoded
+        alone, streaming), or precomputed visual tokens float ``[G_i, P, d]`` (returned as is). Returns one
+        ``[G_i, P, d]`` tensor per entry.
+        """
+        out: list = [None] * len(videos)
+        batch, owners = [], []
+        for i, v in enumerate(videos):
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                out[i] = v
+            elif isinstance(v, torch.Tensor):
+                if v.dim() != 4 or v.shape[-1] != 3 or v.dtype != torch.uint8 or v.shape[0] == 0:
+                    raise ValueError(f"video_frames[{i}] must be uint8 [N >= 1, H, W, 3], got {v.dtype} {tuple(v.shape)}")
+                if batch and v.shape[1:] != batch[0].shape[1:]:
+                    out[i] = self.encode_video(v)
+                    continue
+                batch.append(self._pad_to_groups(v))
+                owners.append(i)
+            else:
+                out[i] = self.encode_video(v)
+        if batch:
+            tokens = self.encode_video(torch.cat(batch))
+            groups = [f.shape[0] // self.config.frames_per_group for f in batch]
+            for i, part in zip(owners, tokens.split(groups)):
+                out[i] = part
+        return out
+
     def _chunks(self, frames) -> Iterator[torch.Tensor]:
         size = self.config.chunk_frames
         if isinstance(frames, torch.Tensor):
@@ -235,13 +264,13 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embed = self.get_input_embeddings()
+        visual = self.encode_videos(video_frames)
         rows, row_labels = [], []
         for i in range(b):
             real = attention_mask[i].bool()
             ids, types = input_ids[i][real], token_type_ids[i][real]
             lab = labels[i][real] if labels is not None else None
-            frames = video_frames[i]
-            vis = frames if (isinstance(frames, torch.Tensor) and frames.is_floating_point()) else self.encode_video(frames)
+            vis = visual[i]
             g, p, d = vis.shape
             vid_pos = (types == VIDEO).nonzero().squeeze(-1)
             if vid_pos.numel() != g * p or not bool((ids[vid_pos] == cfg.video_token_id).all()):

@@ -11,7 +11,7 @@ def temporal_merge_conv3d(x, weight, bias=None, stride_t: int = 2) -> torch.Tens
     padding and the convolution run in float32 (SPEC §2: "padding computed in fp32").
     """
     ct = compute_dtype(x)
-    xc = x.to(ct).permute(0, 4, 1, 2, 3)
+    xc = x.to(ct).permute(0, 4, 1, 2, 3).contiguous()  # channels-first: the CPU conv3d fast path
     xp = F.pad(xc, (1, 1, 1, 1, 1, 0), mode="replicate")
     b = None if bias is None else bias.to(ct)
     out = F.conv3d(xp, weight.to(ct), b, stride=(stride_t, 1, 1))

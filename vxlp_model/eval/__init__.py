@@ -1,0 +1,1 @@
+"""Evaluation protocols (SPEC §7): needle in a video haystack, multiple-choice answer parsing."""
