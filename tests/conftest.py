@@ -1,11 +1,14 @@
 import os
 
+import torch
+
 # The Triton interpreter must be chosen before any @triton.jit kernel is launched (TOOLCHAIN.md). It is used
-# only where a test forces the triton backend; automatic dispatch never picks the interpreter.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# only where a test forces the triton backend; automatic dispatch never picks the interpreter. With a GPU the
+# kernels compile for real.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

@@ -31,7 +31,7 @@ def register_op(
     def kernel(*args, **kwargs):
         args = fill(args, kwargs)
         check(*args)
-        return dispatch.call_forward(name, args)
+        return _contiguous(dispatch.call_forward(name, args))
 
     def fake_kernel(*args, **kwargs):
         args = fill(args, kwargs)
@@ -43,7 +43,7 @@ def register_op(
     if backward_fake is not None:
 
         def backward_kernel(*args, **kwargs):
-            return dispatch.call_backward(name, fill_backward(args, kwargs))
+            return _contiguous(dispatch.call_backward(name, fill_backward(args, kwargs)))
 
         def backward_fake_kernel(*args, **kwargs):
             return backward_fake(*fill_backward(args, kwargs))
@@ -70,3 +70,10 @@ def _default_filler(name: str):
         return tuple(out)
 
     return fill
+
+
+def _contiguous(result):
+    """Backends may return strided views; the fake kernels promise contiguous outputs, so make them so."""
+    if isinstance(result, torch.Tensor):
+        return result.contiguous()
+    return tuple(r.contiguous() for r in result)

@@ -31,15 +31,11 @@ def check(q, k, v, scale=None) -> None:
 
 
 def _fake(q, k, v, scale=None):
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
 def _backward_fake(grad_out, q, k, v, scale=None):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-def _reference_backward(grad_out, q, k, v, scale=None):
-    return tuple(ref.vjp(lambda q_, k_, v_: ref.frame_attention(q_, k_, v_, scale), (q, k, v), (grad_out,)))
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
@@ -55,7 +51,7 @@ def _backward(ctx, grad_out):
 
 
 register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
-dispatch.register(NAME, "reference", ref.frame_attention, _reference_backward)
+dispatch.register(NAME, "reference", ref.frame_attention, ref.frame_attention_backward)
 
 
 def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -76,4 +72,5 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
 
     Differentiable in q, k and v. Source: SPEC §2 SpatialAttn; OPS.md op 1.
     """
+    check(q, k, v, scale)
     return torch.ops.vxlp_ops.frame_attention(q, k, v, scale)

@@ -12,7 +12,6 @@ from . import _validate as V
 from . import dispatch
 from . import reference as ref
 from ._register import register_op
-from .reference.query_topk_gather import gather_selected, query_scores
 
 NAME = "query_topk_gather"
 
@@ -43,15 +42,7 @@ def _fake(visual, query, k, inject_scores=True):
 
 
 def _backward_fake(grad_selected, grad_scores, visual, query, indices, inject_scores=True):
-    return torch.empty_like(visual), torch.empty_like(query)
-
-
-def _reference_backward(grad_selected, grad_scores, visual, query, indices, inject_scores=True):
-    def fn(v_, q_):
-        scores = query_scores(v_, q_)
-        return gather_selected(v_, scores, indices, inject_scores), scores
-
-    return tuple(ref.vjp(fn, (visual, query), (grad_selected, grad_scores)))
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (visual, query))
 
 
 def _setup_context(ctx, inputs, output):
@@ -75,7 +66,7 @@ def _backward(ctx, grad_selected, grad_indices, grad_scores):
 
 
 register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
-dispatch.register(NAME, "reference", ref.query_topk_gather, _reference_backward)
+dispatch.register(NAME, "reference", ref.query_topk_gather, ref.query_topk_gather_backward)
 
 
 def query_topk_gather(visual: torch.Tensor, query: torch.Tensor, k: int, inject_scores: bool = True):
@@ -100,4 +91,5 @@ def query_topk_gather(visual: torch.Tensor, query: torch.Tensor, k: int, inject_
     Differentiable in visual and query (through ``selected`` and ``scores``). Source: paper §3.3; SPEC §4;
     OPS.md op 6.
     """
+    check(visual, query, k, inject_scores)
     return torch.ops.vxlp_ops.query_topk_gather(visual, query, k, inject_scores)

@@ -59,4 +59,5 @@ def sgm_mask(scores: torch.Tensor, mask_ratio: float, pool: float = 0.75, genera
 
     Not differentiable. Source: paper §3.2 SGM; SPEC §3; OPS.md op 5.
     """
+    check(scores, mask_ratio, pool, generator)
     return torch.ops.vxlp_ops.sgm_mask(scores, mask_ratio, pool, generator)

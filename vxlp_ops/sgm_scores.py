@@ -37,11 +37,7 @@ def _fake(x, temp_query, spatial_query):
 
 
 def _backward_fake(grad_scores, x, temp_query, spatial_query):
-    return torch.empty_like(x), torch.empty_like(temp_query), torch.empty_like(spatial_query)
-
-
-def _reference_backward(grad_scores, x, temp_query, spatial_query):
-    return tuple(ref.vjp(ref.sgm_scores, (x, temp_query, spatial_query), (grad_scores,)))
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (x, temp_query, spatial_query))
 
 
 def _setup_context(ctx, inputs, output):
@@ -53,7 +49,7 @@ def _backward(ctx, grad_scores):
 
 
 register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
-dispatch.register(NAME, "reference", ref.sgm_scores, _reference_backward)
+dispatch.register(NAME, "reference", ref.sgm_scores, ref.sgm_scores_backward)
 
 
 def sgm_scores(x: torch.Tensor, temp_query: torch.Tensor, spatial_query: torch.Tensor) -> torch.Tensor:
@@ -75,4 +71,5 @@ def sgm_scores(x: torch.Tensor, temp_query: torch.Tensor, spatial_query: torch.T
 
     Differentiable in x and both queries. Source: paper §3.2 SGM; SPEC §3; OPS.md op 4.
     """
+    check(x, temp_query, spatial_query)
     return torch.ops.vxlp_ops.sgm_scores(x, temp_query, spatial_query)

@@ -40,18 +40,11 @@ def check(q, k, v, rel_k, rel_v, transposed_rel_k=False) -> None:
 
 
 def _fake(q, k, v, rel_k, rel_v, transposed_rel_k=False):
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
 def _backward_fake(grad_out, q, k, v, rel_k, rel_v, transposed_rel_k=False):
-    return tuple(torch.empty_like(t) for t in (q, k, v, rel_k, rel_v))
-
-
-def _reference_backward(grad_out, q, k, v, rel_k, rel_v, transposed_rel_k=False):
-    def fn(q_, k_, v_, rk, rv):
-        return ref.temporal_attention(q_, k_, v_, rk, rv, transposed_rel_k)
-
-    return tuple(ref.vjp(fn, (q, k, v, rel_k, rel_v), (grad_out,)))
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v, rel_k, rel_v))
 
 
 def _setup_context(ctx, inputs, output):
@@ -66,7 +59,7 @@ def _backward(ctx, grad_out):
 
 
 register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
-dispatch.register(NAME, "reference", ref.temporal_attention, _reference_backward)
+dispatch.register(NAME, "reference", ref.temporal_attention, ref.temporal_attention_backward)
 
 
 def temporal_attention(q, k, v, rel_k, rel_v, transposed_rel_k: bool = False) -> torch.Tensor:
@@ -90,4 +83,5 @@ def temporal_attention(q, k, v, rel_k, rel_v, transposed_rel_k: bool = False) ->
 
     Differentiable in q, k, v, rel_k and rel_v. Source: SPEC §2 TemporalAttn; OPS.md op 2.
     """
+    check(q, k, v, rel_k, rel_v, transposed_rel_k)
     return torch.ops.vxlp_ops.temporal_attention(q, k, v, rel_k, rel_v, transposed_rel_k)

@@ -45,13 +45,11 @@ def _fake(x, weight, bias=None, stride_t=2):
 
 
 def _backward_fake(grad_out, x, weight, stride_t=2):
-    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty((weight.shape[0],))
-
-
-def _reference_backward(grad_out, x, weight, stride_t=2):
-    bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
-    fn = lambda x_, w_, b_: ref.temporal_merge_conv3d(x_, w_, b_, stride_t)  # noqa: E731
-    return tuple(ref.vjp(fn, (x, weight, bias), (grad_out,)))
+    return (
+        torch.empty(x.shape, dtype=x.dtype, device=x.device),
+        torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
+        weight.new_empty((weight.shape[0],)),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -68,7 +66,7 @@ def _backward(ctx, grad_out):
 
 
 register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
-dispatch.register(NAME, "reference", ref.temporal_merge_conv3d, _reference_backward)
+dispatch.register(NAME, "reference", ref.temporal_merge_conv3d, ref.temporal_merge_conv3d_backward)
 
 
 def temporal_merge_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride_t: int = 2):
@@ -91,4 +89,5 @@ def temporal_merge_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
     Differentiable in x, weight and bias. Source: SPEC §2 TemporalMergeConv; OPS.md op 3.
     """
+    check(x, weight, bias, stride_t)
     return torch.ops.vxlp_ops.temporal_merge_conv3d(x, weight, bias, stride_t)

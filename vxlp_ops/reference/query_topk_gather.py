@@ -1,7 +1,7 @@
 import torch
 
-from ._vjp import compute_dtype
-from .sgm import min_max
+from ._common import compute_dtype
+from .sgm import min_max, min_max_backward
 
 
 def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -31,3 +31,24 @@ def query_topk_gather(visual, query, k: int, inject_scores: bool = True):
     scores = query_scores(visual, query)
     indices = topk_indices(scores.detach(), k)
     return gather_selected(visual, scores, indices, inject_scores), indices, scores
+
+
+def query_topk_gather_backward(grad_selected, grad_scores, visual, query, indices, inject_scores: bool = True):
+    """Explicit gradient of :func:`query_topk_gather` through ``selected`` and ``scores``: ``(dvisual, dquery)``.
+
+    ``dvisual`` gets ``grad_selected`` scattered to the kept rows plus ``graw[b, n]·mean_l query[b, l]``;
+    ``dquery[b, l] = Σ_n graw[b, n] visual[b, n] / L``, where ``graw`` is the min-max backward of
+    ``grad_scores`` (+ ``Σ_d grad_selected`` at the kept tokens when ``inject_scores``).
+    """
+    ct = compute_dtype(visual)
+    vf, qm = visual.to(ct), query.to(ct).mean(dim=1)  # [B, N, D], [B, D]
+    raw = torch.matmul(vf, qm.unsqueeze(-1)).squeeze(-1)
+    gsel = grad_selected.to(ct)
+    gs = grad_scores.to(ct).clone()
+    if inject_scores:
+        gs.scatter_add_(1, indices, gsel.sum(-1))
+    graw = min_max_backward(gs, raw, dim=-1)
+    dvisual = graw.unsqueeze(-1) * qm.unsqueeze(1)
+    dvisual.scatter_add_(1, indices.unsqueeze(-1).expand(-1, -1, vf.shape[-1]), gsel)
+    dquery = (torch.matmul(graw.unsqueeze(1), vf) / query.shape[1]).expand(-1, query.shape[1], -1)
+    return dvisual.to(visual.dtype), dquery.to(query.dtype).contiguous()

@@ -1,0 +1,225 @@
+"""Registration of the vxlp_ops ops with torch, the optional compiled extension, and ``vxlp_ops.info``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import vxlp_ops
+import vxlp_ops.info
+from vxlp_ops import _ext, dispatch
+from vxlp_ops._schemas import PUBLIC_OPS, SCHEMAS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(vxlp_ops.__file__)))
+
+
+def _run(args, **env):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("VXLP_BACKEND", "VXLP_DISABLE_EXTENSION")}
+    full_env.update(env)
+    full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *args], env=full_env, capture_output=True, text=True, timeout=180)
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+
+
+def test_public_ops_are_the_six_of_the_contract():
+    assert PUBLIC_OPS == (
+        "frame_attention",
+        "temporal_attention",
+        "temporal_merge_conv3d",
+        "sgm_scores",
+        "sgm_mask",
+        "query_topk_gather",
+    )
+    assert set(PUBLIC_OPS) <= set(SCHEMAS)
+    for name in PUBLIC_OPS:
+        assert callable(getattr(vxlp_ops, name)) and name in vxlp_ops.__all__
+    # every other schema is the backward op of a public op
+    for name in set(SCHEMAS) - set(PUBLIC_OPS):
+        assert name.endswith("_backward") and name[: -len("_backward")] in PUBLIC_OPS, name
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_schema_registered_and_equal(name):
+    assert SCHEMAS[name].startswith(name + "(")
+    op = getattr(torch.ops.vxlp_ops, name)
+    assert str(op.default._schema) == "vxlp_ops::" + SCHEMAS[name]
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_cpu_and_fake_kernels_registered(name):
+    qual = f"vxlp_ops::{name}"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CPU"), f"{qual} has no CPU kernel"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CUDA"), f"{qual} has no CUDA kernel"
+    assert torch._library.simple_registry.singleton.find(qual).fake_impl.kernel is not None, f"{qual} has no fake"
+
+
+@pytest.mark.parametrize("name", ["frame_attention", "temporal_attention", "temporal_merge_conv3d", "sgm_scores", "query_topk_gather"])
+def test_autograd_registered(name):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vxlp_ops::{name}", "Autograd")
+
+
+# ---------------------------------------------------------------------------------------------- extension
+
+
+def test_extension_state_is_consistent():
+    if _ext.EXTENSION_ERROR is None:
+        assert _ext._C is not None
+        assert {"cuda", "cuda_arch_list", "torch_version"} <= set(_ext.BUILD_INFO)
+        assert isinstance(_ext.BUILD_INFO["cuda"], bool)
+        assert isinstance(_ext.BUILD_INFO["cuda_arch_list"], str)
+        # built against the torch that runs it (major.minor.patch)
+        assert _ext.BUILD_INFO["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+        if not torch.cuda.is_available() and not _ext.BUILD_INFO["cuda"]:
+            assert dispatch.backend_reasons("frame_attention", "cuda"), "cuda backend available without CUDA"
+    else:
+        assert _ext._C is None
+        assert isinstance(_ext.EXTENSION_ERROR, str) and _ext.EXTENSION_ERROR.strip()
+        assert _ext.BUILD_INFO == {}
+
+
+def test_info_report_names_every_op_backend_and_reason():
+    report = vxlp_ops.info.report()
+    for op in PUBLIC_OPS:
+        assert op in report
+    for backend in dispatch.PRIORITY:
+        assert backend in report
+    table = vxlp_ops.info.backend_table()
+    assert {(op, be) for op, be, _ in table} == {(op, be) for op in PUBLIC_OPS for be in dispatch.PRIORITY}
+    lines = report.splitlines()
+    for op, backend, status in table:
+        assert status.strip(), f"{op}/{backend}: empty status"
+        if status != "available":
+            assert len(status) > 10, f"{op}/{backend}: reason too short: {status!r}"
+        row = [ln for ln in lines if ln.split()[:2] == [op, backend]]
+        assert len(row) == 1 and status in row[0], (op, backend, row)
+    # the reference backend runs every op on every device
+    assert all(status == "available" for _, be, status in table if be == "reference")
+    if _ext.EXTENSION_ERROR is not None:
+        assert _ext.EXTENSION_ERROR in report
+    else:
+        assert "compiled extension: loaded" in report
+
+
+def test_cuda_unavailable_reason_matches_build():
+    reasons = dispatch.backend_reasons("frame_attention", "cuda")
+    if _ext.EXTENSION_ERROR is not None:
+        assert reasons and "extension" in reasons[0]
+    elif not _ext.BUILD_INFO.get("cuda"):
+        assert reasons and "without CUDA" in reasons[0]
+
+
+# ---------------------------------------------------------------------------------------------- subprocesses
+
+_RUN_OPS = r"""
+import sys, torch, vxlp_ops
+from vxlp_ops import _ext
+from vxlp_ops._schemas import SCHEMAS
+inp = torch.load(sys.argv[1])
+out = {
+    "extension_error": _ext.EXTENSION_ERROR,
+    "ext_module_loaded": "vxlp_ops._C" in sys.modules,
+    "schemas": {n: str(getattr(torch.ops.vxlp_ops, n).default._schema) for n in SCHEMAS},
+}
+q, k, v = inp["fa"]
+out["frame_attention"] = vxlp_ops.frame_attention(q, k, v)
+qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+out["frame_attention_grads"] = torch.autograd.grad(vxlp_ops.frame_attention(qr, kr, vr).sum(), (qr, kr, vr))
+out["temporal_attention"] = vxlp_ops.temporal_attention(*inp["ta"], True)
+out["temporal_merge_conv3d"] = vxlp_ops.temporal_merge_conv3d(*inp["conv"], 2)
+out["sgm_scores"] = vxlp_ops.sgm_scores(*inp["sgm"])
+out["sgm_mask"] = vxlp_ops.sgm_mask(out["sgm_scores"], 0.5, 0.75, torch.Generator().manual_seed(7))
+out["query_topk_gather"] = vxlp_ops.query_topk_gather(*inp["qt"], 3, True)
+torch.save(out, sys.argv[2])
+print("OK")
+"""
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1234)
+
+    def r(*s):
+        return torch.randn(*s, generator=g)
+
+    return {
+        "fa": (r(2, 5, 8), r(2, 5, 8), r(2, 5, 8)),
+        "ta": (r(3, 4, 8), r(3, 4, 8), r(3, 4, 8), r(3, 8), r(3, 8)),
+        "conv": (r(1, 4, 3, 3, 5), r(6, 5, 3, 3, 3), r(6)),
+        "sgm": (r(2, 3, 5, 6), r(2, 6), r(3, 6)),
+        "qt": (r(2, 7, 8), r(2, 3, 8)),
+    }
+
+
+def _compare(a, b, path="out"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=path)
+        else:
+            assert torch.equal(a, b), path
+    else:
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _compare(x, y, f"{path}[{i}]")
+
+
+@pytest.mark.parametrize("disable", ["1", "0"])
+def test_ops_without_extension_match(disable, tmp_path):
+    inp = _inputs()
+    torch.save(inp, tmp_path / "in.pt")
+    res = _run(["-c", _RUN_OPS, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")], VXLP_DISABLE_EXTENSION=disable)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "OK" in res.stdout
+    got = torch.load(tmp_path / "out.pt")
+    if disable == "1":
+        assert got["extension_error"] is not None and "VXLP_DISABLE_EXTENSION" in got["extension_error"]
+        assert not got["ext_module_loaded"], "vxlp_ops._C was imported although disabled"
+    else:
+        assert got["extension_error"] == _ext.EXTENSION_ERROR
+    # the Python-defined schemas equal the C++ ones (and the table)
+    for name, schema in got["schemas"].items():
+        assert schema == "vxlp_ops::" + SCHEMAS[name], name
+
+    # the parent's results (with the extension, if it loads here)
+    q, k, v = inp["fa"]
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    sc = vxlp_ops.sgm_scores(*inp["sgm"])
+    mine = {
+        "frame_attention": vxlp_ops.frame_attention(q, k, v),
+        "frame_attention_grads": torch.autograd.grad(vxlp_ops.frame_attention(qr, kr, vr).sum(), (qr, kr, vr)),
+        "temporal_attention": vxlp_ops.temporal_attention(*inp["ta"], True),
+        "temporal_merge_conv3d": vxlp_ops.temporal_merge_conv3d(*inp["conv"], 2),
+        "sgm_scores": sc,
+        "sgm_mask": vxlp_ops.sgm_mask(sc, 0.5, 0.75, torch.Generator().manual_seed(7)),
+        "query_topk_gather": vxlp_ops.query_topk_gather(*inp["qt"], 3, True),
+    }
+    for name, val in mine.items():
+        _compare(val, got[name], name)
+    assert int(mine["sgm_mask"].sum()) == 2 * 3 * 3  # round(0.5·5) = 3 per frame
+
+
+def test_info_module_exits_zero_and_lists_ops():
+    res = _run(["-m", "vxlp_ops.info"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    for op in PUBLIC_OPS:
+        assert op in res.stdout
+    for backend in dispatch.PRIORITY:
+        assert backend in res.stdout
+    assert "reference" in res.stdout and "available" in res.stdout
+
+
+def test_info_module_without_extension():
+    res = _run(["-m", "vxlp_ops.info"], VXLP_DISABLE_EXTENSION="1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "VXLP_DISABLE_EXTENSION" in res.stdout
+    for op in PUBLIC_OPS:
+        assert op in res.stdout
+    # the cuda backend says the extension is the reason
+    cuda_rows = [ln for ln in res.stdout.splitlines() if ln.split()[1:2] == ["cuda"]]
+    assert len(cuda_rows) == len(PUBLIC_OPS)
+    assert all("VXLP_DISABLE_EXTENSION" in ln for ln in cuda_rows), cuda_rows

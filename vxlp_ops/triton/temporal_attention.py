@@ -1,0 +1,259 @@
+"""Triton ``temporal_attention``: attention over T ≤ 64 frames per position, with relative-position tables.
+
+One program per position n holds the whole [T, T] problem in registers (T padded to TP ≥ 16 for
+``tl.dot``), D tiled in chunks of BD. The relative terms use the window of the 2T−1 table rows that can
+occur, ``win[e] = table[clamp(e − (T−1), −R, R) + R]``: ``A = q · winᵀ`` is a [T, 2T−1] product, and the
+[T, T] term ``A[i, j − i + T − 1]`` is taken out with ``tl.gather`` (likewise ``Pg[i, e] = P[i, i + e − T + 1]``
+turns ``Σ_j p_ij rel_v[r(i, j)]`` into ``Pg · win_v``).
+
+Kernels: ``_ta_fwd`` (forward), ``_ta_bwd`` (per position: recompute P, dP; dq, dk, dv; saves P and
+dW = P∘(dP − rowsum(P∘dP)) to a float32 scratch [N, T, T]), ``_ta_bwd_rel`` (drel_k, drel_v: each program
+reduces a group of positions for one D-chunk into a per-group partial [2T−1, BD] in registers, no atomics;
+torch sums the partials over groups and folds the 2T−1 window rows onto the 2R+1 table rows — deterministic).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from vxlp_ops import dispatch
+
+from . import _common as C
+
+LOG2E = 1.4426950408889634
+MAX_T = 64
+
+
+@triton.jit
+def _ta_gather_diag(x, T, TP: tl.constexpr, EP: tl.constexpr):
+    """[TP, TP] from [TP, EP]: out[a, b] = x[a, b − a + T − 1]."""
+    ti = tl.arange(0, TP)
+    idx = ti[None, :] - ti[:, None] + T - 1
+    idx = tl.minimum(tl.maximum(idx, 0), EP - 1)
+    return tl.gather(x, idx, 1)
+
+
+@triton.jit
+def _ta_gather_win(x, T, TP: tl.constexpr, EP: tl.constexpr):
+    """[TP, EP] from [TP, TP]: out[i, e] = x[i, i + e − T + 1] (0 where that column is outside [0, T))."""
+    ti = tl.arange(0, TP)
+    ei = tl.arange(0, EP)
+    pj = ti[:, None] + ei[None, :] - (T - 1)
+    ok = (pj >= 0) & (pj < T) & (ti < T)[:, None]
+    g = tl.gather(x, tl.minimum(tl.maximum(pj, 0), TP - 1), 1)
+    return tl.where(ok, g, 0.0)
+
+
+@triton.jit
+def _ta_fwd(Q, K, V, RK, RV, O, T, D, R, s1, s2,
+            TRANSPOSED: tl.constexpr, TP: tl.constexpr, EP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    n = tl.program_id(0)
+    base = n.to(tl.int64) * T * D
+    ti = tl.arange(0, TP)
+    mt = ti < T
+    ei = tl.arange(0, EP)
+    me = ei < 2 * T - 1
+    rrow = tl.minimum(tl.maximum(ei - (T - 1), -R), R) + R
+    offs_d = tl.arange(0, BD)
+    sqk = tl.zeros([TP, TP], tl.float32)
+    a = tl.zeros([TP, EP], tl.float32)
+    for d0 in range(0, D, BD):
+        dd = d0 + offs_d
+        md = dd < D
+        tm = mt[:, None] & md[None, :]
+        q = tl.load(Q + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
+        k = tl.load(K + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
+        rk = tl.load(RK + rrow[:, None] * D + dd[None, :], mask=me[:, None] & md[None, :], other=0.0).to(tl.float32)
+        sqk += tl.dot(q, tl.trans(k), input_precision=PREC)
+        a += tl.dot(q, tl.trans(rk), input_precision=PREC)
+    g = _ta_gather_diag(a, T, TP, EP)
+    if TRANSPOSED:
+        g = tl.trans(g)
+    w = (sqk * s2 + g * s1) * LOG2E
+    w = tl.where(mt[None, :], w, float("-inf"))
+    p = tl.exp2(w - tl.max(w, 1)[:, None])
+    p = p / tl.sum(p, 1)[:, None]
+    p = tl.where(mt[:, None] & mt[None, :], p, 0.0)
+    pg = _ta_gather_win(p, T, TP, EP)
+    for d0 in range(0, D, BD):
+        dd = d0 + offs_d
+        md = dd < D
+        tm = mt[:, None] & md[None, :]
+        v = tl.load(V + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
+        rv = tl.load(RV + rrow[:, None] * D + dd[None, :], mask=me[:, None] & md[None, :], other=0.0).to(tl.float32)
+        o = tl.dot(p, v, input_precision=PREC) + tl.dot(pg, rv, input_precision=PREC)
+        tl.store(O + base + ti[:, None] * D + dd[None, :], o.to(O.dtype.element_ty), mask=tm)
+
+
+@triton.jit
+def _ta_bwd(Q, K, V, RK, RV, DO, DQ, DK, DV, PS, DWS, T, D, R, s1, s2,
+            TRANSPOSED: tl.constexpr, TP: tl.constexpr, EP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    n = tl.program_id(0)
+    base = n.to(tl.int64) * T * D
+    ti = tl.arange(0, TP)
+    mt = ti < T
+    ei = tl.arange(0, EP)
+    me = ei < 2 * T - 1
+    rrow = tl.minimum(tl.maximum(ei - (T - 1), -R), R) + R
+    offs_d = tl.arange(0, BD)
+    sqk = tl.zeros([TP, TP], tl.float32)
+    a = tl.zeros([TP, EP], tl.float32)
+    dpv = tl.zeros([TP, TP], tl.float32)
+    bv = tl.zeros([TP, EP], tl.float32)
+    for d0 in range(0, D, BD):
+        dd = d0 + offs_d
+        md = dd < D
+        tm = mt[:, None] & md[None, :]
+        em = me[:, None] & md[None, :]
+        q = tl.load(Q + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
+        k = tl.load(K + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
+        v = tl.load(V + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
+        do = tl.load(DO + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
+        rk = tl.load(RK + rrow[:, None] * D + dd[None, :], mask=em, other=0.0).to(tl.float32)
+        rv = tl.load(RV + rrow[:, None] * D + dd[None, :], mask=em, other=0.0).to(tl.float32)
+        sqk += tl.dot(q, tl.trans(k), input_precision=PREC)
+        a += tl.dot(q, tl.trans(rk), input_precision=PREC)
+        dpv += tl.dot(do, tl.trans(v), input_precision=PREC)
+        bv += tl.dot(do, tl.trans(rv), input_precision=PREC)
+    g = _ta_gather_diag(a, T, TP, EP)
+    if TRANSPOSED:
+        g = tl.trans(g)
+    w = (sqk * s2 + g * s1) * LOG2E
+    w = tl.where(mt[None, :], w, float("-inf"))
+    p = tl.exp2(w - tl.max(w, 1)[:, None])
+    p = p / tl.sum(p, 1)[:, None]
+    valid = mt[:, None] & mt[None, :]
+    p = tl.where(valid, p, 0.0)
+    dp = dpv + _ta_gather_diag(bv, T, TP, EP)
+    delta = tl.sum(p * dp, 1)
+    dw = tl.where(valid, p * (dp - delta[:, None]), 0.0)
+    soff = n.to(tl.int64) * T * T + ti[:, None] * T + ti[None, :]
+    tl.store(PS + soff, p, mask=valid)
+    tl.store(DWS + soff, dw, mask=valid)
+    if TRANSPOSED:
+        xg = _ta_gather_win(tl.trans(dw), T, TP, EP)
+    else:
+        xg = _ta_gather_win(dw, T, TP, EP)
+    dwt = tl.trans(dw)
+    pt = tl.trans(p)
+    for d0 in range(0, D, BD):
+        dd = d0 + offs_d
+        md = dd < D
+        tm = mt[:, None] & md[None, :]
+        off = base + ti[:, None] * D + dd[None, :]
+        q = tl.load(Q + off, mask=tm, other=0.0).to(tl.float32)
+        k = tl.load(K + off, mask=tm, other=0.0).to(tl.float32)
+        do = tl.load(DO + off, mask=tm, other=0.0).to(tl.float32)
+        rk = tl.load(RK + rrow[:, None] * D + dd[None, :], mask=me[:, None] & md[None, :], other=0.0).to(tl.float32)
+        dq = tl.dot(dw, k, input_precision=PREC) * s2 + tl.dot(xg, rk, input_precision=PREC) * s1
+        dk = tl.dot(dwt, q, input_precision=PREC) * s2
+        dv = tl.dot(pt, do, input_precision=PREC)
+        tl.store(DQ + off, dq.to(DQ.dtype.element_ty), mask=tm)
+        tl.store(DK + off, dk.to(DK.dtype.element_ty), mask=tm)
+        tl.store(DV + off, dv.to(DV.dtype.element_ty), mask=tm)
+
+
+@triton.jit
+def _ta_bwd_rel(Q, DO, PS, DWS, PRK, PRV, N, T, D, per_group, s1,
+                TRANSPOSED: tl.constexpr, TP: tl.constexpr, EP: tl.constexpr, BD: tl.constexpr,
+                PREC: tl.constexpr):
+    db = tl.program_id(0)
+    grp = tl.program_id(1)
+    dd = db * BD + tl.arange(0, BD)
+    md = dd < D
+    ti = tl.arange(0, TP)
+    mt = ti < T
+    ei = tl.arange(0, EP)
+    me = ei < 2 * T - 1
+    pj = ti[:, None] + ei[None, :] - (T - 1)
+    pmask = (pj >= 0) & (pj < T) & me[None, :] & mt[:, None]
+    acc_k = tl.zeros([EP, BD], tl.float32)
+    acc_v = tl.zeros([EP, BD], tl.float32)
+    n0 = grp.to(tl.int64) * per_group  # int64 loop bounds → int64 position offsets
+    n1 = tl.minimum(n0 + per_group, N)
+    for n in range(n0, n1):
+        sb = n * T * T
+        pg = tl.load(PS + sb + ti[:, None] * T + pj, mask=pmask, other=0.0)  # P[i, i+e-T+1]
+        if TRANSPOSED:
+            xg = tl.load(DWS + sb + pj * T + ti[:, None], mask=pmask, other=0.0)  # dW[j+e-T+1, j]
+        else:
+            xg = tl.load(DWS + sb + ti[:, None] * T + pj, mask=pmask, other=0.0)  # dW[i, i+e-T+1]
+        off = n * T * D + ti[:, None] * D + dd[None, :]
+        tm = mt[:, None] & md[None, :]
+        q = tl.load(Q + off, mask=tm, other=0.0).to(tl.float32)
+        do = tl.load(DO + off, mask=tm, other=0.0).to(tl.float32)
+        acc_k += tl.dot(tl.trans(xg), q, input_precision=PREC)
+        acc_v += tl.dot(tl.trans(pg), do, input_precision=PREC)
+    E = 2 * T - 1
+    poff = grp.to(tl.int64) * E * D + ei[:, None] * D + dd[None, :]
+    pm = me[:, None] & md[None, :]
+    tl.store(PRK + poff, acc_k * s1, mask=pm)
+    tl.store(PRV + poff, acc_v, mask=pm)
+
+
+def _config(t: int, d: int, gpu: bool) -> dict:
+    tp = max(16, C.next_pow2(t))
+    ep = max(16, C.next_pow2(2 * t - 1))
+    if gpu:
+        return dict(TP=tp, EP=ep, BD=64 if t <= 32 else 32, num_warps=4 if t <= 16 else 8)
+    return dict(TP=tp, EP=ep, BD=16)
+
+
+def _scales(d):
+    s1 = d**-0.25
+    return float(s1), float(s1 * s1)
+
+
+def forward(q, k, v, rel_k, rel_v, transposed_rel_k=False):
+    q, k, v, rel_k, rel_v = (x.contiguous() for x in (q, k, v, rel_k, rel_v))
+    n, t, d = q.shape
+    r = (rel_k.shape[0] - 1) // 2
+    cfg = _config(t, d, C.on_gpu(q))
+    s1, s2 = _scales(d)
+    out = torch.empty_like(q)
+    _ta_fwd[(n,)](q, k, v, rel_k, rel_v, out, t, d, r, s1, s2, TRANSPOSED=bool(transposed_rel_k),
+                  PREC=C.dot_precision(q.dtype), **cfg)
+    return out
+
+
+def backward(grad_out, q, k, v, rel_k, rel_v, transposed_rel_k=False):
+    q, k, v, rel_k, rel_v, do = (x.contiguous() for x in (q, k, v, rel_k, rel_v, grad_out))
+    n, t, d = q.shape
+    r = (rel_k.shape[0] - 1) // 2
+    gpu = C.on_gpu(q)
+    cfg = _config(t, d, gpu)
+    prec = C.dot_precision(q.dtype)
+    s1, s2 = _scales(d)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    ps = torch.empty((n, t, t), **f32)
+    dws = torch.empty((n, t, t), **f32)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    tr = bool(transposed_rel_k)
+    _ta_bwd[(n,)](q, k, v, rel_k, rel_v, do, dq, dk, dv, ps, dws, t, d, r, s1, s2, TRANSPOSED=tr, PREC=prec, **cfg)
+    e = 2 * t - 1
+    # groups of positions reduced in registers by one program each; the partials are summed by torch
+    groups = min(n, 4 * C.sm_count(q)) if gpu else min(n, 3)
+    groups = max(1, min(groups, (64 << 20) // max(1, 8 * e * d)))  # partials ≤ 64 MiB
+    per_group = C.cdiv(n, groups)
+    groups = C.cdiv(n, per_group)
+    prk = torch.empty((groups, e, d), **f32)
+    prv = torch.empty((groups, e, d), **f32)
+    _ta_bwd_rel[(C.cdiv(d, cfg["BD"]), groups)](q, do, ps, dws, prk, prv, n, t, d, per_group, s1, TRANSPOSED=tr,
+                                                PREC=prec, **cfg)
+    rows = (torch.arange(e, device=q.device) - (t - 1)).clamp(-r, r) + r
+    nb = rel_k.shape[0]
+    drk = torch.zeros((nb, d), **f32).index_add_(0, rows, prk.sum(0))
+    drv = torch.zeros((nb, d), **f32).index_add_(0, rows, prv.sum(0))
+    return dq, dk, dv, drk.to(rel_k.dtype), drv.to(rel_v.dtype)
+
+
+def reasons(q, k, v, rel_k, rel_v, transposed_rel_k=False):
+    r = C.common_reasons(q, k, v, rel_k, rel_v)
+    if q.dim() == 3 and q.shape[1] > MAX_T:
+        r.append(f"triton temporal_attention supports T <= {MAX_T} frames, got T = {q.shape[1]}")
+    return r
+
+
+dispatch.register("temporal_attention", "triton", forward=forward, backward=backward, reasons=reasons)
