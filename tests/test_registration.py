@@ -223,3 +223,11 @@ def test_info_module_without_extension():
     cuda_rows = [ln for ln in res.stdout.splitlines() if ln.split()[1:2] == ["cuda"]]
     assert len(cuda_rows) == len(PUBLIC_OPS)
     assert all("VXLP_DISABLE_EXTENSION" in ln for ln in cuda_rows), cuda_rows
+
+
+@pytest.mark.skipif(os.environ.get("VXLP_EXPECT_EXTENSION") != "1", reason="set where the install must build it (CI)")
+def test_extension_was_built_by_the_install():
+    import vxlp_ops
+
+    assert vxlp_ops._ext.EXTENSION_ERROR is None, vxlp_ops._ext.EXTENSION_ERROR
+    assert "site-packages" in vxlp_ops.__file__, f"tests must exercise the installed package, got {vxlp_ops.__file__}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -57,6 +58,29 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .train.run import train_from_json
+
+    out = train_from_json(
+        args.model,
+        args.data,
+        args.out,
+        stage=args.stage,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        seed=args.seed,
+        device=args.device,
+        freeze_vision=args.freeze_vision,
+        progress=not args.no_progress,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vxlp", description="Video-XL-Pro: long-video understanding on one GPU")
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,13 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="./vxlp-demo", help="output folder for niah.json, niah.png, model/")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu", help="cpu or cuda")
-    d.add_argument("--train-frames", type=int, default=16, help="longest training haystack (frames); eval reaches 8x")
-    d.add_argument("--samples-per-cell", type=int, default=8, help="needle questions per (length, depth) cell")
-    d.add_argument("--recot-steps", type=int, default=120)
-    d.add_argument("--qa-steps", type=int, default=600)
+    d.add_argument("--train-frames", type=int, default=4, help="longest training haystack (frames); eval reaches 8x")
+    d.add_argument("--samples-per-cell", type=int, default=20, help="needle questions per (length, depth) cell")
+    d.add_argument("--recot-steps", type=int, default=100)
+    d.add_argument("--qa-steps", type=int, default=2000)
     d.add_argument("--batch-size", type=int, default=16)
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.set_defaults(func=_cmd_demo)
+    t = sub.add_parser("train", help="train a local checkpoint on LLaVA-style video QA JSON (torchrun: FSDP2)")
+    t.add_argument("--model", required=True, help="local save_pretrained folder (model + tokenizer)")
+    t.add_argument("--data", required=True, help="LLaVA-style JSON list with video paths and conversations")
+    t.add_argument("--out", required=True, help="output folder (written atomically)")
+    t.add_argument("--stage", choices=("recot", "qa"), default="qa")
+    t.add_argument("--steps", type=int, default=100)
+    t.add_argument("--lr", type=float, default=1e-5)
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--fps", type=float, default=1.0)
+    t.add_argument("--max-frames", type=int, default=240)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--freeze-vision", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_cmd_train)
     i = sub.add_parser("info", help="parameter count per component (built on the meta device)")
     i.add_argument("--config", choices=("real", "tiny"), default="real")
     i.add_argument("--json", action="store_true")

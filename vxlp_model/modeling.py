@@ -83,6 +83,9 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
         self.sgm = SemanticGuidedMasking(config)
         self.mm_projector = nn.Sequential(nn.Linear(c, d), nn.GELU(), nn.Linear(d, d))
         self.selector = QueryAwareSelector(config)
+        if config.selector_distill_weight > 0:
+            # the selector's distillation target reads the LLM's attention maps, which only eager attention returns
+            config.text_config._attn_implementation = "eager"
         self.language_model = Qwen2ForCausalLM(config.text_config)
         self.post_init()
 
@@ -239,6 +242,7 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None = None,
         padding_side: str = "right",
         generator: torch.Generator | None = None,
+        return_selection: bool = False,
     ):
         """Splice visual tokens into the text embeddings, apply the Query-aware Selector, re-pad the batch.
 
@@ -250,8 +254,11 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
             labels: ``[B, L]`` or None.
             padding_side: side to pad the compacted sequences on (``left`` for generation).
 
+            return_selection: also return, per sample, ``(positions [K], scores [K])`` of the kept visual tokens in
+                the padded sequence (scores None when the selector is off).
+
         Returns:
-            ``(inputs_embeds [B, L', d], attention_mask [B, L'], labels [B, L'] or None)``.
+            ``(inputs_embeds [B, L', d], attention_mask [B, L'], labels [B, L'] or None)`` (+ the selection list).
 
         Raises:
             ValueError: a sample whose number of video placeholders is not ``G·P`` for its frames, or a batch size
@@ -265,7 +272,7 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
             attention_mask = torch.ones_like(input_ids)
         embed = self.get_input_embeddings()
         visual = self.encode_videos(video_frames)
-        rows, row_labels = [], []
+        rows, row_labels, selection = [], [], []
         for i in range(b):
             real = attention_mask[i].bool()
             ids, types = input_ids[i][real], token_type_ids[i][real]
@@ -281,7 +288,7 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
             time_pos = (types == TIME).nonzero().squeeze(-1)
             time_embeds = text[time_pos].reshape(g, time_pos.numel() // g, d) if time_pos.numel() % g == 0 else text[:0].reshape(g, 0, d)
             query = text[(types == QUERY)]
-            keep, selected, _ = self.selector(vis.to(text.dtype), time_embeds, query, generator)
+            keep, selected, scores = self.selector(vis.to(text.dtype), time_embeds, query, generator)
             emb = text.clone()
             emb[vid_pos] = vis.reshape(g * p, d).to(text.dtype)
             emb[vid_pos[keep]] = selected.to(text.dtype)
@@ -289,6 +296,8 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
             keep_tok[vid_pos[~keep]] = False
             rows.append(emb[keep_tok])
             row_labels.append(lab[keep_tok] if lab is not None else None)
+            kept_pos = (types[keep_tok] == VIDEO).nonzero().squeeze(-1)
+            selection.append((kept_pos, scores[keep] if scores is not None else None))
         length = max(r.shape[0] for r in rows)
         d = rows[0].shape[1]
         embeds = rows[0].new_zeros((b, length, d))
@@ -301,6 +310,10 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
             mask[i, sl] = 1
             if out_labels is not None:
                 out_labels[i, sl] = row_labels[i]
+            if padding_side == "left":
+                selection[i] = (selection[i][0] + (length - n), selection[i][1])
+        if return_selection:
+            return embeds, mask, out_labels, selection
         return embeds, mask, out_labels
 
     def forward(
@@ -323,14 +336,24 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
         a list of B uint8 ``[N_b, H, W, 3]`` tensors. ``loss`` is the mean next-token cross-entropy over answer tokens
         (labels ≠ -100). Without video it is a plain Qwen2 forward.
         """
+        selection = None
         if video_frames is not None:
             if input_ids is None or token_type_ids is None:
                 raise ValueError("video_frames needs input_ids and token_type_ids (from VideoXLProProcessor)")
-            inputs_embeds, attention_mask, labels = self.prepare_inputs_embeds(
-                input_ids, token_type_ids, video_frames, attention_mask, labels
+            inputs_embeds, attention_mask, labels, selection = self.prepare_inputs_embeds(
+                input_ids, token_type_ids, video_frames, attention_mask, labels, return_selection=True
             )
             input_ids = None
-        return self.language_model(
+        distill = (
+            self.training
+            and self.config.selector_distill_weight > 0
+            and labels is not None
+            and selection is not None
+            and selection[0][1] is not None
+        )
+        if distill:
+            kwargs["output_attentions"] = True
+        out = self.language_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
@@ -341,6 +364,34 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        if distill:
+            kl = self._selector_distill_loss(out.attentions, labels, selection)
+            out.loss = out.loss + self.config.selector_distill_weight * kl
+            out.attentions = None
+        return out
+
+    def _selector_distill_loss(self, attentions, labels: torch.Tensor, selection: list) -> torch.Tensor:
+        """KL(LLM relevance ‖ selector) over each sample's kept visual tokens (our design, SPEC §4 is silent).
+
+        Relevance = the attention that the positions predicting answer tokens pay to each kept visual token,
+        averaged over layers and heads, renormalised over the kept tokens, and detached. The selector's
+        distribution is ``softmax(τ · score)`` (τ = ``selector_distill_temperature``). This teaches the selector to
+        rank tokens as the LLM uses them, so a small inference budget keeps what the answer needs.
+        """
+        attn = torch.stack([a.float() for a in attentions]).mean(dim=(0, 2))  # [B, L, L]
+        tau = self.config.selector_distill_temperature
+        losses = []
+        for b, (pos, scores) in enumerate(selection):
+            rows = (labels[b, 1:] != IGNORE_INDEX).nonzero().squeeze(-1)  # position q predicts token q + 1
+            if rows.numel() == 0 or pos.numel() < 2:
+                continue
+            rel = attn[b, rows][:, pos].mean(0).detach()
+            target = rel / rel.sum().clamp_min(1e-12)
+            logp = torch.log_softmax(tau * scores.float(), dim=0)
+            losses.append((target * (torch.log(target.clamp_min(1e-12)) - logp)).sum())
+        if not losses:
+            return attn.new_zeros(())
+        return torch.stack(losses).mean()
 
     @torch.no_grad()
     def generate(

@@ -79,11 +79,14 @@ class QueryAwareSelector(nn.Module):
         if time_embeds.dim() != 3 or time_embeds.shape[0] != g or time_embeds.shape[2] != d:
             raise ValueError(f"time_embeds must have shape [{g}, n_time, {d}], got {tuple(time_embeds.shape)}")
         k = self.keep_count(n, generator)
-        probe = visual
+        # The scorer reads detached tokens: its gradients (score injection, relevance distillation) train the
+        # selector's own parameters and never pull the visual or text representations towards the scorer.
+        probe = visual.detach()
         if time_embeds.shape[1] > 0:
-            attn, _ = self.window_attn(visual, time_embeds.to(visual.dtype), time_embeds.to(visual.dtype), need_weights=False)
-            probe = visual + attn
-        query = self.text_proj(query_embeds.to(visual.dtype))
+            te = time_embeds.detach().to(visual.dtype)
+            attn, _ = self.window_attn(probe, te, te, need_weights=False)
+            probe = probe + attn
+        query = self.text_proj(query_embeds.detach().to(visual.dtype))
         _, idx, scores = vxlp_ops.query_topk_gather(probe.reshape(1, n, d), query[None], k, inject_scores=False)
         idx, scores = idx[0], scores[0]
         selected = flat.index_select(0, idx) + scores.index_select(0, idx).to(flat.dtype)[:, None]

@@ -70,7 +70,7 @@ def make_needle(colour: str, shape: str, size: int, generator: torch.Generator) 
     Returns uint8 ``[size, size, 3]``.
     """
     img = torch.full((size, size, 3), 200, dtype=torch.uint8)
-    r = size * (0.22 + 0.1 * torch.rand((), generator=generator).item())
+    r = size * (0.3 + 0.1 * torch.rand((), generator=generator).item())
     cx = size * (0.3 + 0.4 * torch.rand((), generator=generator).item())
     cy = size * (0.3 + 0.4 * torch.rand((), generator=generator).item())
     yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
@@ -113,17 +113,29 @@ def haystack_indices(total: int, length: int, generator: torch.Generator) -> tor
 
 
 def make_sample(
-    haystack: torch.Tensor, length: int, depth: float, generator: torch.Generator, fps: float = 1.0
+    haystack: torch.Tensor,
+    length: int,
+    depth: float,
+    generator: torch.Generator,
+    fps: float = 1.0,
+    shuffle_options: bool = True,
 ) -> NeedleSample:
-    """Build one sample: ``length`` haystack frames + 1 needle at ``round(depth·length)``; frames at ``fps``."""
+    """Build one sample: ``length`` haystack frames + 1 needle at ``round(depth·length)``; frames at ``fps``.
+
+    With ``shuffle_options`` the 4 options are a random draw of :data:`COLOURS` in random order; otherwise they
+    are always the first four colours in a fixed order (the answer letter is then uniform over A–D as well).
+    """
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     size = haystack.shape[1]
     names = list(COLOURS)
-    perm = torch.randperm(len(names), generator=generator).tolist()
-    options = [names[i] for i in perm[: len(LETTERS)]]
+    if shuffle_options:
+        perm = torch.randperm(len(names), generator=generator).tolist()
+        options = [names[i] for i in perm[: len(LETTERS)]]
+    else:
+        options = names[: len(LETTERS)]
     answer_slot = int(torch.randint(0, len(LETTERS), (), generator=generator))
     colour = options[answer_slot]
     shape = SHAPES[int(torch.randint(0, len(SHAPES), (), generator=generator))]

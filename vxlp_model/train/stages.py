@@ -11,7 +11,7 @@ from .loop import train_loop
 
 def train_recot(
     model,
-    frames: torch.Tensor,
+    frames: torch.Tensor | list[torch.Tensor],
     steps: int,
     *,
     groups_per_step: int = 8,
@@ -23,16 +23,18 @@ def train_recot(
 
     Args:
         model: :class:`VideoXLProForCausalLM`.
-        frames: uint8 ``[N, H, W, 3]`` training video frames (N ≥ frames_per_group); each step draws
-            ``groups_per_step`` clips of ``frames_per_group`` frames with a random start and temporal stride 1–3.
+        frames: uint8 ``[N, H, W, 3]`` training video frames, or a list of such videos (each with
+            N ≥ frames_per_group); each step draws ``groups_per_step`` clips of ``frames_per_group`` frames (from one
+            random video per step) with a random start and temporal stride 1–3.
         steps, lr: optimisation steps and peak learning rate; seed: seeds the clip sampling and the SGM masks.
 
     Returns: the per-step history (``loss``, ``recon_loss``, ``score_loss``, ``mask_fraction``).
     """
     t = model.config.frames_per_group
-    n = frames.shape[0]
-    if n < t:
-        raise ValueError(f"frames must hold at least {t} frames, got {n}")
+    videos = list(frames) if isinstance(frames, (list, tuple)) else [frames]
+    for i, v in enumerate(videos):
+        if v.shape[0] < t:
+            raise ValueError(f"frames[{i}] must hold at least {t} frames, got {v.shape[0]}")
     gen = torch.Generator().manual_seed(seed)
     mask_gen = torch.Generator(device=model.sae.temporal_encoding.device).manual_seed(seed + 1)
     model.train()
@@ -40,11 +42,13 @@ def train_recot(
 
     def loss_fn(step):
         clips = []
+        video = videos[int(torch.randint(0, len(videos), (), generator=gen))]
+        n = video.shape[0]
         for _ in range(groups_per_step):
             stride = int(torch.randint(1, 4, (), generator=gen))
             stride = min(stride, max(1, (n - 1) // max(1, t - 1)))
             start = int(torch.randint(0, n - (t - 1) * stride, (), generator=gen))
-            clips.append(frames[start : start + (t - 1) * stride + 1 : stride])
+            clips.append(video[start : start + (t - 1) * stride + 1 : stride])
         out = model.recot_loss(torch.cat(clips), generator=mask_gen)
         return out["loss"], {k: v for k, v in out.items() if k != "loss"}
 

@@ -1,0 +1,432 @@
+"""GPU tests of the CUDA kernels of vxlp_ops (csrc/cuda/, the ``cuda`` backend of vxlp_ops/_cuda.py).
+
+Every op runs through the public API with the cuda backend forced (``vxlp_ops.use_backend("cuda")``, and the test
+asserts that dispatch picks ``cuda``), forward and backward, twice on different random inputs, against the float64
+reference (``vxlp_ops.reference`` on ``.double()`` inputs on the CPU; on the GPU in float64 for the DTS-sized
+convolution, whose CPU float64 reference would take minutes). Relative L2 error < 1e-4 for float32 and < 1e-2 for
+float16 / bfloat16 (low-precision inputs are compared with the reference run on the same, upcast values).
+Outputs freshly allocated by the kernels are filled with NaN first (``torch.utils.deterministic
+.fill_uninitialized_memory``), so an element a kernel forgets to write fails the comparison.
+Also: odd shapes, the real DTS shapes (C = 1152, S = 576, T = 4, G = 2), both rel_k orientations, sgm_mask
+identical to the reference for the same CUDA generator seed, query_topk_gather indices identical to the
+reference, bitwise determinism, and compute-sanitizer (memcheck; racecheck / synccheck marked slow) when the
+binary is on PATH (racecheck / synccheck too with VXLP_SANITIZER_TOOLS=racecheck,synccheck).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import vxlp_ops
+from vxlp_ops import dispatch
+from vxlp_ops import reference as ref
+from vxlp_ops.reference.sgm import mask_counts
+
+pytestmark = pytest.mark.gpu
+
+F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
+DTYPES = [F32, BF16, F16]
+TOL = {F32: 1e-4, BF16: 1e-2, F16: 1e-2}
+DEV = "cuda"
+
+
+def dn(dt) -> str:
+    return str(dt).replace("torch.", "")
+
+
+@pytest.fixture(autouse=True)
+def _cuda_and_poison():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)  # makes torch.empty fill new tensors with NaN
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+def need(op: str) -> None:
+    reasons = dispatch.backend_reasons(op, "cuda")
+    if reasons:
+        pytest.skip(f"cuda backend not available for {op}: {'; '.join(reasons)}")
+
+
+def assert_cuda_selected(op: str, args: tuple) -> None:
+    with vxlp_ops.use_backend("cuda"):
+        name, _ = dispatch.select(op, args)
+        assert name == "cuda"
+    with vxlp_ops.use_backend(None):  # the automatic choice prefers it too
+        assert dispatch.select(op, args)[0] == "cuda", dispatch.backend_reasons(op, "cuda", args)
+
+
+def rel(out: torch.Tensor, want: torch.Tensor) -> float:
+    out, want = out.detach().to(F64).cpu(), want.detach().to(F64).cpu()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    den = want.norm().item()
+    num = (out - want).norm().item()
+    return num / den if den > 0 else num
+
+
+def check(name: str, out: torch.Tensor, want: torch.Tensor, dtype, tol=None) -> None:
+    tol = TOL[dtype] if tol is None else tol
+    err = rel(out, want)
+    assert err < tol, f"{name}: relative L2 error {err:.3e} >= {tol:.0e}"
+
+
+def rnd(*shape, dtype=F32, scale=1.0) -> torch.Tensor:
+    return (torch.randn(*shape, device=DEV) * scale).to(dtype)
+
+
+def d64(*ts, device="cpu"):
+    return tuple(t.detach().to(device=device, dtype=F64) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                 else (t.to(device) if isinstance(t, torch.Tensor) else t) for t in ts)
+
+
+def leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(True)
+
+
+# ---------------------------------------------------------------------------------------------- frame_attention
+FA_SHAPES = [(2, 1, 8), (3, 7, 72), (2, 129, 72), (1, 577, 8), (2, 129, 1152), (1, 7, 1152), (1, 70, 5)]
+FA_DTS = (8, 576, 1152)  # G = 2 clips × T = 4 frames, one head, 24×24 tokens, width 1152
+
+
+def _run_frame_attention(shape, dtype, scale=None):
+    q, k, v = (leaf(rnd(*shape, dtype=dtype)) for _ in range(3))
+    go = rnd(*shape, dtype=dtype)
+    assert_cuda_selected("frame_attention", (q, k, v, scale))
+    with vxlp_ops.use_backend("cuda"):
+        out = vxlp_ops.frame_attention(q, k, v, scale)
+        grads = torch.autograd.grad(out, (q, k, v), go)
+    assert out.dtype == dtype and out.shape == q.shape
+    tag = f"frame_attention {dn(dtype)} {shape}"
+    check(tag + " out", out, ref.frame_attention(*d64(q, k, v), scale), dtype)
+    for nm, g, w in zip(("dq", "dk", "dv"), grads, ref.frame_attention_backward(*d64(go, q, k, v), scale)):
+        assert g.dtype == dtype
+        check(f"{tag} {nm}", g, w, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dn)
+@pytest.mark.parametrize("shape", FA_SHAPES + [FA_DTS], ids=str)
+def test_frame_attention(shape, dtype):
+    need("frame_attention")
+    for _ in range(2):
+        _run_frame_attention(shape, dtype)
+
+
+def test_frame_attention_explicit_scale():
+    need("frame_attention")
+    _run_frame_attention((2, 33, 72), F32, scale=0.37)
+    _run_frame_attention((2, 33, 72), BF16, scale=0.37)
+
+
+# ---------------------------------------------------------------------------------------------- temporal_attention
+TA_SHAPES = [(5, 1, 8, 2), (7, 3, 72, 64), (9, 4, 72, 3), (3, 4, 1152, 64), (4, 13, 40, 2), (2, 64, 24, 64)]
+TA_DTS = (2 * 24 * 24, 4, 1152, 64)  # N = G·H·W positions, T = 4, D = 1152, R = 64
+
+
+def _run_temporal_attention(shape, dtype, transposed):
+    n, t, d, r = shape
+    q, k, v = (leaf(rnd(n, t, d, dtype=dtype)) for _ in range(3))
+    rk, rv = leaf(rnd(2 * r + 1, d, dtype=dtype)), leaf(rnd(2 * r + 1, d, dtype=dtype))
+    go = rnd(n, t, d, dtype=dtype)
+    args = (q, k, v, rk, rv, transposed)
+    assert_cuda_selected("temporal_attention", args)
+    with vxlp_ops.use_backend("cuda"):
+        out = vxlp_ops.temporal_attention(*args)
+        grads = torch.autograd.grad(out, (q, k, v, rk, rv), go)
+    assert out.dtype == dtype
+    tag = f"temporal_attention {dn(dtype)} {shape} transposed={transposed}"
+    check(tag + " out", out, ref.temporal_attention(*d64(q, k, v, rk, rv), transposed), dtype)
+    wants = ref.temporal_attention_backward(*d64(go, q, k, v, rk, rv), transposed)
+    for nm, g, w in zip(("dq", "dk", "dv", "drel_k", "drel_v"), grads, wants):
+        assert g.dtype == dtype
+        check(f"{tag} {nm}", g, w, dtype)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dn)
+@pytest.mark.parametrize("shape", TA_SHAPES + [TA_DTS], ids=str)
+def test_temporal_attention(shape, dtype, transposed):
+    need("temporal_attention")
+    for _ in range(2):
+        _run_temporal_attention(shape, dtype, transposed)
+
+
+# ---------------------------------------------------------------------------------------------- temporal_merge_conv3d
+CONV_SHAPES = [  # G, T, H, W, Cin, Cout, stride_t
+    (1, 3, 5, 5, 8, 8, 2),
+    (3, 4, 1, 1, 72, 8, 2),
+    (2, 4, 24, 24, 72, 72, 2),
+    (1, 2, 5, 24, 8, 72, 1),
+    (1, 5, 3, 7, 3, 5, 2),
+    (2, 3, 5, 1, 72, 136, 3),
+]
+CONV_DTS = [(2, 4, 24, 24, 1152, 1152, 2), (2, 2, 24, 24, 1152, 1152, 2)]  # the two DTS merges: 4 → 2 → 1
+
+
+def _run_conv(shape, dtype, bias=True):
+    g, t, h, w, cin, cout, st = shape
+    x = leaf(rnd(g, t, h, w, cin, dtype=dtype))
+    wt = leaf(rnd(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5))
+    b = leaf(rnd(cout, dtype=dtype)) if bias else None
+    args = (x, wt, b, st)
+    assert_cuda_selected("temporal_merge_conv3d", args)
+    with vxlp_ops.use_backend("cuda"):
+        out = vxlp_ops.temporal_merge_conv3d(*args)
+        go = rnd(*out.shape, dtype=dtype)
+        grads = torch.autograd.grad(out, [a for a in (x, wt, b) if a is not None], go)
+    assert out.dtype == dtype and out.shape == (g, (t + 1 - 3) // st + 1, h, w, cout)
+    big = g * t * h * w * cin * cout > 10**8
+    dev = DEV if big else "cpu"  # the float64 CPU conv of the DTS shapes would take minutes
+    tag = f"temporal_merge_conv3d {dn(dtype)} {shape} bias={bias}"
+    check(tag + " out", out, ref.temporal_merge_conv3d(*d64(x, wt, b, device=dev), st), dtype)
+    wants = ref.temporal_merge_conv3d_backward(*d64(go, x, wt, device=dev), st)
+    for nm, gr, wn in zip(("dx", "dweight", "dbias"), grads, wants):
+        assert gr.dtype == dtype
+        check(f"{tag} {nm}", gr, wn, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dn)
+@pytest.mark.parametrize("shape", CONV_SHAPES + CONV_DTS, ids=str)
+def test_temporal_merge_conv3d(shape, dtype):
+    need("temporal_merge_conv3d")
+    for _ in range(2):
+        _run_conv(shape, dtype)
+
+
+def test_temporal_merge_conv3d_no_bias():
+    need("temporal_merge_conv3d")
+    _run_conv((1, 4, 5, 6, 8, 16, 2), BF16, bias=False)
+    _run_conv((1, 4, 5, 6, 8, 16, 2), F32, bias=False)
+
+
+# ---------------------------------------------------------------------------------------------- sgm_scores
+SGM_SHAPES = [(1, 1, 5, 8, 1, 1), (3, 3, 7, 72, 2, 3), (2, 4, 129, 72, 4, 4), (1, 3, 577, 13, 2, 2)]
+SGM_DTS = (2, 4, 576, 1152, 4, 4)
+
+
+def _run_sgm(shape, dtype):
+    g, t, s, c, qt, qs = shape
+    x, tq, sq = leaf(rnd(g, t, s, c, dtype=dtype)), leaf(rnd(qt, c, dtype=dtype)), leaf(rnd(qs, c, dtype=dtype))
+    assert_cuda_selected("sgm_scores", (x, tq, sq))
+    with vxlp_ops.use_backend("cuda"):
+        scores = vxlp_ops.sgm_scores(x, tq, sq)
+        gs = torch.randn(g, t, s, device=DEV)
+        grads = torch.autograd.grad(scores, (x, tq, sq), gs)
+    assert scores.dtype == F32 and scores.shape == (g, t, s)
+    tag = f"sgm_scores {dn(dtype)} {shape}"
+    check(tag + " scores", scores, ref.sgm_scores(*d64(x, tq, sq)), F32 if dtype == F32 else dtype)
+    for nm, gr, wn in zip(("dx", "dtemp", "dspatial"), grads, ref.sgm_scores_backward(*d64(gs, x, tq, sq))):
+        assert gr.dtype == dtype
+        check(f"{tag} {nm}", gr, wn, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dn)
+@pytest.mark.parametrize("shape", SGM_SHAPES + [SGM_DTS], ids=str)
+def test_sgm_scores(shape, dtype):
+    need("sgm_scores")
+    for _ in range(2):
+        _run_sgm(shape, dtype)
+
+
+# ---------------------------------------------------------------------------------------------- sgm_mask
+@pytest.mark.parametrize("dtype", DTYPES, ids=dn)
+@pytest.mark.parametrize(
+    "shape,ratio,pool",
+    [((2, 4, 576), 0.5, 0.75), ((1, 1, 7), 0.0, 0.5), ((3, 3, 129), 0.75, 0.75), ((1, 2, 1000), 0.3, 1.0)],
+    ids=str,
+)
+def test_sgm_mask_matches_reference(shape, ratio, pool, dtype):
+    need("sgm_mask")
+    for seed in (1234, 99):
+        scores = torch.rand(shape, device=DEV).to(dtype)
+        scores[..., : min(9, shape[-1])] = 0.5  # ties: the stable rule decides
+        assert_cuda_selected("sgm_mask", (scores, ratio, pool, None))
+        gen = torch.Generator(device=DEV).manual_seed(seed)
+        with vxlp_ops.use_backend("cuda"):
+            got = vxlp_ops.sgm_mask(scores, ratio, pool, generator=gen)
+        gen = torch.Generator(device=DEV).manual_seed(seed)
+        with vxlp_ops.use_backend("reference"):
+            want = vxlp_ops.sgm_mask(scores, ratio, pool, generator=gen)
+        assert got.dtype == torch.bool and got.shape == scores.shape
+        assert torch.equal(got, want)
+        _, n_mask = mask_counts(shape[-1], ratio, pool)
+        assert (got.sum(-1) == n_mask).all()
+
+
+# ---------------------------------------------------------------------------------------------- query_topk_gather
+QTG_SHAPES = [(1, 1, 1, 8, 1), (2, 37, 3, 72, 5), (3, 577, 2, 13, 100), (2, 129, 4, 1152, 129)]
+QTG_DTS = (2, 2304, 32, 1152, 576)  # 4 frames × 576 tokens per row, 32 query tokens, keep 576
+
+
+def _qtg_inputs(b, n, l_, d, k, dtype):
+    """Random inputs whose k-th and (k+1)-th scores are well apart (no ties near the top-k boundary)."""
+    for _ in range(100):
+        vis, qry = rnd(b, n, d, dtype=dtype), rnd(b, l_, d, dtype=dtype)
+        sc = ref.query_topk_gather(*d64(vis, qry), k)[2]
+        if k == n:
+            return vis, qry
+        top = sc.sort(dim=-1, descending=True).values
+        if (top[:, k - 1] - top[:, k]).min().item() > 1e-4:
+            return vis, qry
+    raise AssertionError("could not draw tie-free inputs")
+
+
+@pytest.mark.parametrize("inject", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dn)
+@pytest.mark.parametrize("shape", QTG_SHAPES + [QTG_DTS], ids=str)
+def test_query_topk_gather(shape, dtype, inject):
+    need("query_topk_gather")
+    b, n, l_, d, k = shape
+    for _ in range(2):
+        vis, qry = (leaf(t) for t in _qtg_inputs(b, n, l_, d, k, dtype))
+        assert_cuda_selected("query_topk_gather", (vis, qry, k, inject))
+        with vxlp_ops.use_backend("cuda"):
+            sel, idx, sc = vxlp_ops.query_topk_gather(vis, qry, k, inject)
+            gsel, gsc = rnd(b, k, d, dtype=dtype), torch.randn(b, n, device=DEV)
+            dv, dq = torch.autograd.grad((sel, sc), (vis, qry), (gsel, gsc))
+        rsel, ridx, rsc = ref.query_topk_gather(*d64(vis, qry), k, inject)
+        tag = f"query_topk_gather {dn(dtype)} {shape} inject={inject}"
+        assert idx.dtype == torch.int64 and sc.dtype == F32 and sel.dtype == dtype
+        assert torch.equal(idx.cpu(), ridx), tag + ": indices differ from the reference"
+        check(tag + " scores", sc, rsc, F32 if dtype == F32 else dtype)
+        check(tag + " selected", sel, rsel, dtype)
+        wdv, wdq = ref.query_topk_gather_backward(*d64(gsel, gsc, vis, qry, idx), inject)
+        check(tag + " dvisual", dv, wdv, dtype)
+        check(tag + " dquery", dq, wdq, dtype)
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+def _det_cases():
+    b = BF16
+    return {
+        "frame_attention": lambda: ((rnd(2, 129, 72, dtype=b), rnd(2, 129, 72, dtype=b), rnd(2, 129, 72, dtype=b), None),
+                                    (2, 129, 72)),
+        "temporal_attention": lambda: ((rnd(40, 4, 72, dtype=b), rnd(40, 4, 72, dtype=b), rnd(40, 4, 72, dtype=b),
+                                        rnd(9, 72, dtype=b), rnd(9, 72, dtype=b), True), (40, 4, 72)),
+        "temporal_merge_conv3d": lambda: ((rnd(2, 4, 6, 6, 72, dtype=b), rnd(72, 72, 3, 3, 3, dtype=b, scale=0.05),
+                                           rnd(72, dtype=b), 2), (2, 2, 6, 6, 72)),
+        "sgm_scores": lambda: ((rnd(2, 4, 50, 72, dtype=b), rnd(2, 72, dtype=b), rnd(3, 72, dtype=b)), (2, 4, 50)),
+        "query_topk_gather": lambda: ((rnd(2, 300, 72, dtype=b), rnd(2, 5, 72, dtype=b), 40, True), None),
+    }
+
+
+@pytest.mark.parametrize("op", list(_det_cases()))
+def test_deterministic(op):
+    need(op)
+    args, gshape = _det_cases()[op]()
+    fwd = getattr(vxlp_ops, op)
+    runs = []
+    for _ in range(2):
+        leaves = tuple(leaf(a) if isinstance(a, torch.Tensor) else a for a in args)
+        with vxlp_ops.use_backend("cuda"):
+            outs = fwd(*leaves)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            diff = [o for o in outs if o.is_floating_point()]
+            torch.manual_seed(5)
+            gos = [torch.randn_like(o) for o in diff]
+            grads = torch.autograd.grad(diff, [a for a in leaves if isinstance(a, torch.Tensor)], gos)
+        runs.append(tuple(outs) + tuple(grads))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b), f"{op}: two runs on the same input differ"
+
+
+def test_sgm_mask_deterministic():
+    need("sgm_mask")
+    scores = torch.rand(2, 4, 576, device=DEV)
+    masks = []
+    for _ in range(2):
+        gen = torch.Generator(device=DEV).manual_seed(3)
+        with vxlp_ops.use_backend("cuda"):
+            masks.append(vxlp_ops.sgm_mask(scores, 0.5, 0.75, generator=gen))
+    assert torch.equal(*masks)
+
+
+# ---------------------------------------------------------------------------------------------- compute-sanitizer
+SANITIZER_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    import vxlp_ops
+    from vxlp_ops import dispatch
+
+    torch.manual_seed(0)
+    dev = "cuda"
+
+    def leaf(*shape, dtype, scale=1.0):
+        return (torch.randn(*shape, device=dev) * scale).to(dtype).requires_grad_(True)
+
+    def back(outs, inputs):
+        outs = [o for o in (outs if isinstance(outs, tuple) else (outs,)) if o.is_floating_point()]
+        torch.autograd.grad(outs, inputs, [torch.randn_like(o) for o in outs])
+
+    with vxlp_ops.use_backend("cuda"):
+        for dt in (torch.float32, torch.bfloat16):
+            for s, d in ((70, 72), (9, 264), (3, 5)):
+                q, k, v = (leaf(2, s, d, dtype=dt) for _ in range(3))
+                back(vxlp_ops.frame_attention(q, k, v), (q, k, v))
+            for t, d, r in ((4, 72, 64), (13, 24, 2), (1, 8, 0)):
+                q, k, v = (leaf(5, t, d, dtype=dt) for _ in range(3))
+                rk, rv = leaf(2 * r + 1, d, dtype=dt), leaf(2 * r + 1, d, dtype=dt)
+                back(vxlp_ops.temporal_attention(q, k, v, rk, rv, True), (q, k, v, rk, rv))
+            for shape in ((1, 4, 5, 3, 8, 16, 2), (1, 3, 2, 4, 3, 5, 1), (1, 4, 3, 3, 136, 8, 2)):
+                g, t, h, w, cin, cout, st = shape
+                x = leaf(g, t, h, w, cin, dtype=dt)
+                wt = leaf(cout, cin, 3, 3, 3, dtype=dt, scale=0.1)
+                b = leaf(cout, dtype=dt)
+                back(vxlp_ops.temporal_merge_conv3d(x, wt, b, st), (x, wt, b))
+            x, tq, sq = leaf(2, 3, 40, 24, dtype=dt), leaf(2, 24, dtype=dt), leaf(3, 24, dtype=dt)
+            back(vxlp_ops.sgm_scores(x, tq, sq), (x, tq, sq))
+            gen = torch.Generator(device=dev).manual_seed(0)
+            vxlp_ops.sgm_mask(torch.rand(2, 3, 300, device=dev).to(dt), 0.5, 0.75, generator=gen)
+            vis, qry = leaf(2, 37, 24, dtype=dt), leaf(2, 3, 24, dtype=dt)
+            back(vxlp_ops.query_topk_gather(vis, qry, 5, True), (vis, qry))
+    torch.cuda.synchronize()
+    print("SANITIZER_SCRIPT_DONE")
+    """
+)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(vxlp_ops.__file__)))
+
+
+@pytest.mark.parametrize(
+    "tool",
+    ["memcheck", pytest.param("racecheck", marks=pytest.mark.slow), pytest.param("synccheck", marks=pytest.mark.slow)],
+)
+def test_compute_sanitizer(tool, tmp_path):
+    """memcheck always; racecheck / synccheck (several minutes) only when listed in VXLP_SANITIZER_TOOLS."""
+    need("frame_attention")
+    exe = shutil.which("compute-sanitizer")
+    if exe is None:
+        pytest.skip("compute-sanitizer is not on PATH")
+    if tool != "memcheck" and tool not in os.environ.get("VXLP_SANITIZER_TOOLS", "").split(","):
+        pytest.skip(f"{tool} runs only with VXLP_SANITIZER_TOOLS={tool} (slow)")
+    script = tmp_path / "run_ops.py"
+    script.write_text(SANITIZER_SCRIPT)
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1", VXLP_BACKEND="cuda")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [exe, "--tool", tool, sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    log = proc.stdout + proc.stderr
+    assert "SANITIZER_SCRIPT_DONE" in log, log[-4000:]
+    assert "ERROR SUMMARY: 0 errors" in log, log[-4000:]

@@ -1,0 +1,168 @@
+"""Training code: schedule, loop, stages, LLaVA JSON data, `vxlp train` end to end (single process and FSDP2)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from vxlp_model import VideoXLProConfig, VideoXLProForCausalLM, VideoXLProProcessor, build_tiny_tokenizer
+from vxlp_model.train import cosine_schedule, train_loop, train_qa, train_recot
+from vxlp_model.train.data import load_llava_json
+
+
+def test_cosine_schedule():
+    assert cosine_schedule(0, 100, 10) == pytest.approx(0.1)
+    assert cosine_schedule(9, 100, 10) == pytest.approx(1.0)
+    assert cosine_schedule(10, 100, 10) == pytest.approx(1.0)
+    assert cosine_schedule(55, 100, 10) == pytest.approx(0.5)
+    assert cosine_schedule(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_train_loop_fits_a_regression_and_rejects_bad_input():
+    torch.manual_seed(0)
+    w_true = torch.randn(5)
+    x = torch.randn(256, 5)
+    y = x @ w_true
+    w = torch.nn.Parameter(torch.zeros(5))
+    hist = train_loop([w], lambda s: (((x @ w) - y).pow(2).mean(), {}), 300, 0.05, progress=False)
+    assert hist[-1]["loss"] < 1e-3 * hist[0]["loss"]
+    assert torch.allclose(w.detach(), w_true, atol=1e-2)
+    with pytest.raises(ValueError, match="steps"):
+        train_loop([w], lambda s: (w.sum(), {}), 0, 0.1)
+    with pytest.raises(ValueError, match="non-finite"):
+        train_loop([w], lambda s: (w.sum() * float("nan"), {}), 2, 0.1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = build_tiny_tokenizer(["red", "blue"])
+    cfg = VideoXLProConfig.tiny(video_token_id=tok.convert_tokens_to_ids("<|vision_pad|>"), dts_grid=4, selector_budget=32)
+    return tok, cfg
+
+
+def test_recot_stage_reduces_reconstruction_loss(tiny):
+    tok, cfg = tiny
+    torch.manual_seed(0)
+    model = VideoXLProForCausalLM(cfg)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 256, (6, 32, 32, 3), generator=g, dtype=torch.uint8)
+    video = base.repeat_interleave(4, dim=0)  # slowly changing video
+    hist = train_recot(model, [video, video.flip(0)], 40, lr=3e-3, progress=False)
+    first = np.mean([h["recon_loss"] for h in hist[:5]])
+    last = np.mean([h["recon_loss"] for h in hist[-5:]])
+    assert last < 0.7 * first
+    with pytest.raises(ValueError, match="at least 4"):
+        train_recot(model, video[:3], 1, progress=False)
+
+
+def test_qa_stage_learns_a_visual_answer(tiny):
+    """A two-way task (a red or a blue video) must be learned from the visual tokens alone."""
+    tok, cfg = tiny
+    torch.manual_seed(0)
+    model = VideoXLProForCausalLM(cfg)
+    proc = VideoXLProProcessor(tok, cfg)
+
+    def video(colour):
+        f = torch.zeros(8, 32, 32, 3, dtype=torch.uint8)
+        f[..., 0 if colour == "red" else 2] = 220
+        return f
+
+    def sample_fn(gen):
+        colour = "red" if torch.rand((), generator=gen) < 0.5 else "blue"
+        return video(colour), torch.arange(8.0), "Which colour?", colour
+
+    hist = train_qa(model, proc, sample_fn, 60, batch_size=8, lr=3e-3, progress=False)
+    assert np.mean([h["loss"] for h in hist[-5:]]) < 0.1
+    model.eval()
+    for colour in ("red", "blue"):
+        batch = proc.collate([proc("Which colour?", torch.arange(8.0))], padding_side="left")
+        out = model.generate(**batch, video_frames=[video(colour)], max_new_tokens=2, eos_token_id=proc.im_end_id)
+        assert tok.decode(out[0], skip_special_tokens=True).strip() == colour
+    assert model.selector.mode == cfg.selector_mode  # restored after training
+
+
+def _write_clip(path, n=12, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(4, 1))
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        for i in range(n):
+            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.fixture()
+def llava_setup(tiny, tmp_path):
+    tok, cfg = tiny
+    torch.manual_seed(0)
+    model_dir = tmp_path / "base"
+    VideoXLProForCausalLM(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    os.makedirs(tmp_path / "clips")
+    records = []
+    for i in range(2):
+        _write_clip(tmp_path / "clips" / f"v{i}.mp4", seed=i)
+        records.append(
+            {"id": f"s{i}", "video": f"clips/v{i}.mp4", "conversations": [
+                {"from": "human", "value": "<video>\nWhich colour?"}, {"from": "gpt", "value": ["red", "blue"][i]}]}
+        )
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(records))
+    return model_dir, data
+
+
+def test_llava_json_parsing(llava_setup, tmp_path):
+    _, data = llava_setup
+    recs = load_llava_json(str(data))
+    assert [r.question for r in recs] == ["Which colour?", "Which colour?"]
+    assert recs[1].answer == "blue" and os.path.isabs(recs[0].video)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": "x", "conversations": []}]))
+    with pytest.raises(ValueError, match="record x"):
+        load_llava_json(str(bad))
+    with pytest.raises(FileNotFoundError):
+        load_llava_json(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("stage", ["qa", "recot"])
+def test_vxlp_train_cli_single_process(llava_setup, tmp_path, stage):
+    model_dir, data = llava_setup
+    out = tmp_path / f"out-{stage}"
+    cmd = [sys.executable, "-m", "vxlp_model.cli", "train", "--model", str(model_dir), "--data", str(data),
+           "--out", str(out), "--stage", stage, "--steps", "2", "--lr", "1e-3", "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    trained = VideoXLProForCausalLM.from_pretrained(str(out))
+    base = VideoXLProForCausalLM.from_pretrained(str(model_dir))
+    changed = "sae." if stage == "recot" else "language_model."
+    diffs = [k for k, v in trained.state_dict().items() if k.startswith(changed) and not torch.equal(v, base.state_dict()[k])]
+    assert diffs, f"no {changed} parameter changed"
+    if stage == "recot":  # ReCoT leaves the LLM alone
+        assert all(torch.equal(v, base.state_dict()[k]) for k, v in trained.state_dict().items() if k.startswith("language_model."))
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not found")
+def test_vxlp_train_fsdp2_two_processes(llava_setup, tmp_path):
+    model_dir, data = llava_setup
+    out = tmp_path / "out-fsdp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    torchrun = torchrun if os.path.exists(torchrun) else shutil.which("torchrun")
+    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "vxlp_model.cli", "train", "--model", str(model_dir),
+           "--data", str(data), "--out", str(out), "--stage", "qa", "--steps", "2", "--lr", "1e-3", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
+    trained = VideoXLProForCausalLM.from_pretrained(str(out))
+    base = VideoXLProForCausalLM.from_pretrained(str(model_dir))
+    assert any(not torch.equal(v, base.state_dict()[k]) for k, v in trained.state_dict().items() if k.startswith("language_model."))
