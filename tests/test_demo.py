@@ -62,7 +62,7 @@ def test_run_demo_writes_json_and_png(tmp_path):
     report = run_demo(out_dir=str(out), recot_steps=2, qa_steps=3, samples_per_cell=1, batch_size=2, progress=False)
     data = json.loads((out / "niah.json").read_text())
     assert set(data) >= {"accuracy", "cells", "train_frames", "eval_frames", "visual_tokens_per_frame", "wall_time_s"}
-    assert data["eval_frames"] == [4, 8, 16, 32] and max(data["eval_frames"]) >= 8 * data["train_frames"]["max"]
+    assert data["eval_frames"] == [8, 16, 32, 64] and max(data["eval_frames"]) >= 8 * data["train_frames"]["max"]
     assert len(data["cells"]) == 4 * 5 and 0.0 <= data["accuracy"] <= 1.0
     assert data["accuracy"] == pytest.approx(sum(c["accuracy"] for c in data["cells"]) / 20)
     assert (out / "niah.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

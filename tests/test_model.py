@@ -273,3 +273,15 @@ def test_cli_info_real_counts():
     assert 3.0e9 < counts["language_model"] < 3.2e9  # Qwen2.5-3B, tied embeddings
     assert 4.0e8 < counts["vision_tower"] < 4.4e8  # SigLIP so400m
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+
+
+def test_auto_classes_resolve_local_checkpoint(tok, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = _cfg(tok)
+    VideoXLProForCausalLM(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VideoXLProConfig)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), VideoXLProForCausalLM)
+    loaded_tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded_tok.convert_tokens_to_ids("<|vision_pad|>") == cfg.video_token_id

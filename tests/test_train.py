@@ -140,7 +140,7 @@ def test_vxlp_train_cli_single_process(llava_setup, tmp_path, stage):
     model_dir, data = llava_setup
     out = tmp_path / f"out-{stage}"
     cmd = [sys.executable, "-m", "vxlp_model.cli", "train", "--model", str(model_dir), "--data", str(data),
-           "--out", str(out), "--stage", stage, "--steps", "2", "--lr", "1e-3", "--no-progress"]
+           "--out", str(out), "--stage", stage, "--steps", "2", "--lr", "1e-3", "--fps", "4", "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     trained = VideoXLProForCausalLM.from_pretrained(str(out))
@@ -159,7 +159,7 @@ def test_vxlp_train_fsdp2_two_processes(llava_setup, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     torchrun = torchrun if os.path.exists(torchrun) else shutil.which("torchrun")
     cmd = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "vxlp_model.cli", "train", "--model", str(model_dir),
-           "--data", str(data), "--out", str(out), "--stage", "qa", "--steps", "2", "--lr", "1e-3", "--no-progress"]
+           "--data", str(data), "--out", str(out), "--stage", "qa", "--steps", "2", "--lr", "1e-3", "--fps", "4", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])

@@ -9,6 +9,20 @@ from .modeling import VideoXLProForCausalLM, VideoXLProPreTrainedModel
 from .prompt import VideoXLProProcessor, build_tiny_tokenizer
 from .video import VideoDecodeError, iter_video, probe_video, read_video
 
+
+def _register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` / ``AutoTokenizer`` resolve ``model_type="video_xl_pro"``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        AutoConfig.register(VideoXLProConfig.model_type, VideoXLProConfig)
+        AutoModelForCausalLM.register(VideoXLProConfig, VideoXLProForCausalLM)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register_auto_classes()
+
 __all__ = [
     "VideoXLProConfig",
     "VideoXLProForCausalLM",
