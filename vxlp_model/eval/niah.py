@@ -152,7 +152,7 @@ def make_sample(
 def parse_letter(text: str) -> str | None:
     """The option letter answered: the text before the first ``)``, stripped, if it is one of A–D (else None)."""
     head = text.split(")", 1)[0].strip().lstrip("(").strip()
-    return head if head in LETTERS else None
+    return head if len(head) == 1 and head in LETTERS else None
 
 
 def tokenizer_words() -> list[str]:
