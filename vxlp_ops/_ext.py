@@ -30,7 +30,14 @@ def _load() -> None:
             _C = ext
             BUILD_INFO = dict(ext.build_info())
         except Exception as e:  # ImportError, or an undefined-symbol OSError from a torch mismatch
-            EXTENSION_ERROR = f"vxlp_ops._C failed to import: {type(e).__name__}: {e}"
+            here = os.path.dirname(os.path.abspath(__file__))
+            if not any(f.startswith("_C.") and f.endswith((".so", ".pyd")) for f in os.listdir(here)):
+                EXTENSION_ERROR = (
+                    f"vxlp_ops._C is not built in {here} (install with `pip install --no-build-isolation .`, "
+                    "or `python setup.py build_ext --inplace` for a source checkout)"
+                )
+            else:
+                EXTENSION_ERROR = f"vxlp_ops._C failed to import: {type(e).__name__}: {e}"
     if _C is None:
         # Define the schemas ourselves, unless they already exist in this process.
         try:
