@@ -135,7 +135,7 @@ def run_demo(
     recot_steps: int = 100,
     qa_steps: int = 2400,
     batch_size: int = 16,
-    lr: float = 3e-3,
+    lr: float = 2e-3,
     curriculum: float = 0.0,
     freeze_vision: bool = True,
     shuffle_options: bool = False,
