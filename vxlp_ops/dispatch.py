@@ -128,13 +128,13 @@ def call_backward(op: str, args: tuple):
     Backends are chosen on the forward arguments, which follow the gradient(s) in ``args``.
     """
     n_grads = 2 if op == "query_topk_gather" else 1
-    fwd_args = args[n_grads:]
+    fwd_args = _fwd_view(op, args[n_grads:])
     candidates = (_FORCED,) if _FORCED is not None else PRIORITY
     for name in candidates:
         impl = _IMPLS.get(op, {}).get(name)
-        if impl is not None and impl.backward is not None and not backend_reasons(op, name, _fwd_view(op, fwd_args)):
+        if impl is not None and impl.backward is not None and not backend_reasons(op, name, fwd_args):
             return impl.backward(*args)
-    return select(op, _fwd_view(op, fwd_args))[1].backward(*args)
+    return select(op, fwd_args)[1].backward(*args)
 
 
 def _fwd_view(op: str, fwd_args: tuple) -> tuple:
