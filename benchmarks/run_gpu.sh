@@ -7,7 +7,8 @@
 # Made for the lent device (one call of at most 10 minutes, no network, python3 with torch 2.11+cu130, nvcc 13):
 # every step goes on after a failure (a failed build still leaves the eager / compile / SDPA / cuDNN rows), and
 # the suite gets a time budget so that it ends inside the call; results are written after every row, so a
-# killed run still leaves its rows. Files in $OUT: build.log, info.txt, pytest.log, <gpu-slug>.{json,md,png}.
+# killed run still leaves its rows. Files in $OUT: build.log, info.txt, pytest.log, <gpu-slug>.{json,md,png},
+# released_checkpoint_<gpu>.json (a real-width synthetic released checkpoint converted and run in bf16).
 #
 # Env: PYTHON (default python3), OUT (results folder; default benchmarks/results), VXLP_GPU_BUDGET_S (whole
 # script, default 570 s), VXLP_BUILD_TIMEOUT_S (default 300 s), VXLP_SKIP_BUILD=1, TORCH_CUDA_ARCH_LIST
@@ -53,6 +54,9 @@ fi
 
 echo "== python -m vxlp_ops.info"
 "$PY" -m vxlp_ops.info 2>&1 | tee "$RESULTS/info.txt"
+
+echo "== released checkpoint at real widths, bf16 (convert + run; benchmarks/released_checkpoint.py)"
+timeout "${VXLP_RELEASED_TIMEOUT_S:-120}" "$PY" benchmarks/released_checkpoint.py --device cuda --out "$RESULTS" 2>&1 | tail -30
 
 echo "== benchmarks ($(elapsed) s used of $BUDGET)"
 # the suite stops starting providers at its deadline (compiles earlier); the hard timeout is a last resort

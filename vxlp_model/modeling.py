@@ -1,42 +1,100 @@
-"""``VideoXLProForCausalLM``: SigLIP → DTS → projector → 2×2 pool → Query-aware Selector → Qwen2 (SPEC §1–5)."""
+"""Video-XL-Pro as a transformers model (SPEC §1–5; RELEASED.md §3–§5).
+
+Layout, following transformers' own video LLMs (``llava_onevision``, ``qwen2_vl``):
+
+- :class:`VideoXLProModel` — ``vision_tower`` (SigLIP without post-layernorm), ``sae`` (the DTS encoder; the
+  released checkpoint's name), ``recot_decoder`` and ``sgm`` (ReCoT pre-training; absent when
+  ``recot_decoder_layers = 0``), ``mm_projector`` (Linear·GELU·Linear), ``selector`` (Query-aware Selector;
+  absent for ``selector_impl = "none"``), ``language_model`` (``Qwen2Model``). Its forward splices the visual
+  tokens into the prompt, runs the selector, compacts the sequence, and runs the LLM.
+- :class:`VideoXLProForConditionalGeneration` — ``model`` + ``lm_head``; ``generate()`` is GenerationMixin's own.
+
+Inputs come from :class:`vxlp_model.VideoXLProProcessor`: ``input_ids``, ``attention_mask``, ``token_type_ids``
+(:data:`vxlp_model.processing.TEXT` / ``QUERY`` / ``TIME`` / ``VIDEO`` / ``ANSWER``), ``pixel_values_videos``
+(all videos' frames concatenated, each video padded to a multiple of ``frames_per_group``) and
+``video_num_frames`` (frames per video). Precomputed visual tokens can replace the pixels (``video_embeds``).
+
+Because the selector drops visual tokens, the sequence the LLM sees is shorter than ``input_ids``. The forward
+returns the compacted ``attention_mask`` and ``position_ids``; :meth:`VideoXLProForConditionalGeneration.
+_update_model_kwargs_for_generation` hands them to the next decoding step, so ``generate()`` works unchanged
+(greedy, sampling, beams, ``generation_config``) and returns ``[B, L + new]`` ids like any decoder-only model.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import GenerationMixin, PreTrainedModel, Qwen2ForCausalLM
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from .config import VideoXLProConfig
-from .dts import (
-    DTSEncoder,
-    ReCoTDecoder,
-    RelativePosition,
-    SemanticGuidedMasking,
-    frames_to_groups,
-)
-from .prompt import IGNORE_INDEX, QUERY, TIME, VIDEO
-from .selector import QueryAwareSelector
-from .vision import VisionTower, preprocess_frames
+from .config import VideoXLProConfig, validate_selector_args
+from .dts import DTSEncoder, ReCoTDecoder, RelativePosition, SemanticGuidedMasking, frames_to_groups
+from .processing import ANSWER, IGNORE_INDEX, QUERY, TIME, VIDEO
+from .selector import QueryAwareSelector, Selection
+from .vision import VisionTower
 from vxlp_ops.reference.sgm import min_max
+
+VIDEO_INPUT_KEYS = ("pixel_values_videos", "video_num_frames", "video_embeds")
+
+
+@dataclass
+class VideoXLProModelOutputWithPast(BaseModelOutputWithPast):
+    """:class:`VideoXLProModel` output.
+
+    Beyond ``last_hidden_state`` / ``cache`` / ``hidden_states`` / ``attentions`` (of the compacted sequence):
+    ``attention_mask`` and ``position_ids`` ``[B, L']`` of the compacted sequence, ``labels`` ``[B, L']`` moved
+    with it (when labels were given), and ``selection``: per sample a dict with ``positions`` (int64 ``[K]``: the
+    kept visual tokens' positions in the compacted sequence), ``scores`` (float ``[K]``, their selector scores, or
+    None) and ``kept_visual`` (indices among the sample's visual tokens) — None for samples without video. All
+    these are None when no video was spliced (decoding steps, text-only calls).
+    """
+
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    selection: list | None = None
+    relevance: list | None = None
+
+
+@dataclass
+class VideoXLProCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """:class:`VideoXLProForConditionalGeneration` output: ``loss``, ``logits`` ``[B, L', V]`` and the compacted
+    ``attention_mask`` / ``position_ids`` / ``labels`` and ``selection`` of :class:`VideoXLProModelOutputWithPast`;
+    ``selector_distill_loss`` (a scalar, when ``selector_distill_temperature`` was passed in training)."""
+
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    selection: list | None = None
+    selector_distill_loss: torch.Tensor | None = None
 
 
 class VideoXLProPreTrainedModel(PreTrainedModel):
     config_class = VideoXLProConfig
     config: VideoXLProConfig
-    base_model_prefix = ""
+    base_model_prefix = "model"
+    input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer", "SpatialAttention", "TemporalAttention"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def _init_weights(self, module):
         """Our modules: LeCun-normal Linear/Conv, zero biases, identity norms, zero-initialised temporal attention
-        (SPEC §2), zero temporal encodings and mask token. SigLIP and Qwen2 initialise themselves."""
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv3d)):
+        (SPEC §2), zero temporal encodings and mask token; SigLIP's embeddings as transformers initialises them.
+        The Qwen2 language model initialises itself."""
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             if getattr(module, "zero_init", False):
                 init.zeros_(module.weight)
             else:
@@ -51,6 +109,9 @@ class VideoXLProPreTrainedModel(PreTrainedModel):
             init.zeros_(module.in_proj_bias)
         elif isinstance(module, RelativePosition):
             init.xavier_uniform_(module.embeddings_table)
+        elif isinstance(module, SiglipVisionEmbeddings):
+            init.normal_(module.position_embedding.weight, std=module.embed_dim**-0.5)
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         if isinstance(module, (DTSEncoder, ReCoTDecoder)):
             init.zeros_(module.temporal_encoding)
         elif isinstance(module, SemanticGuidedMasking):
@@ -60,135 +121,115 @@ class VideoXLProPreTrainedModel(PreTrainedModel):
             init.zeros_(module.mask_token)
 
 
-class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
-    """The full Video-XL-Pro model (HF ``PreTrainedModel``: ``save_pretrained`` / ``from_pretrained`` / ``generate``).
-
-    Submodules: ``vision_tower`` (SigLIP), ``sae`` (DTS encoder, the released checkpoint's name), ``recot_decoder``
-    and ``sgm`` (ReCoT pre-training only), ``mm_projector`` (Linear·GELU·Linear), ``selector`` (Query-aware
-    Selector), ``language_model`` (``Qwen2ForCausalLM``).
-
-    Inputs come from :class:`vxlp_model.prompt.VideoXLProProcessor`: ``input_ids`` with ``P`` video placeholders per
-    group of ``frames_per_group`` frames, ``token_type_ids`` marking question / time / video tokens, and one frame
-    tensor per sample (uint8 ``[N, H, W, 3]``). Frames stream through vision + DTS in chunks of ``chunk_frames``.
-    """
-
-    _tied_weights_keys = {"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}
+class VideoXLProModel(VideoXLProPreTrainedModel):
+    """The Video-XL-Pro backbone without the LM head (see the module docstring for the submodules)."""
 
     def __init__(self, config: VideoXLProConfig):
         super().__init__(config)
         c, d = config.dts_channels, config.hidden_size
         self.vision_tower = VisionTower(config)
         self.sae = DTSEncoder(config)
-        self.recot_decoder = ReCoTDecoder(config)
-        self.sgm = SemanticGuidedMasking(config)
+        if config.has_recot:
+            self.recot_decoder = ReCoTDecoder(config)
+            self.sgm = SemanticGuidedMasking(config)
         self.mm_projector = nn.Sequential(nn.Linear(c, d), nn.GELU(), nn.Linear(d, d))
-        self.selector = QueryAwareSelector(config)
-        if config.selector_distill_weight > 0:
-            # the selector's distillation target reads the LLM's attention maps, which only eager attention returns
-            config.text_config._attn_implementation = "eager"
-        self.language_model = Qwen2ForCausalLM(config.text_config)
+        if config.selector_impl != "none":
+            self.selector = QueryAwareSelector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    # ------------------------------------------------------------------ HF plumbing
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
 
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
-
-    # ------------------------------------------------------------------ visual path
-    def _pad_to_groups(self, frames: torch.Tensor) -> torch.Tensor:
-        """Repeat the last frame so the frame count is a multiple of ``frames_per_group`` (deterministic)."""
-        t = self.config.frames_per_group
-        rest = (-frames.shape[0]) % t
-        if rest:
-            frames = torch.cat([frames, frames[-1:].expand(rest, *frames.shape[1:])])
-        return frames
-
-    def vision_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames (uint8 ``[n, H, W, 3]``) → SigLIP penultimate-layer tokens resized to ``[n, dts_grid², C]``."""
-        dev = self.sae.temporal_encoding.device
-        px = preprocess_frames(frames.to(dev), self.config.vision_config.image_size, self.config.image_mean, self.config.image_std)
-        return self.vision_tower(px)
+    # ------------------------------------------------------------------ visual path (SPEC §1–2; RELEASED.md §3)
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels float ``[n, 3, S, S]`` → SigLIP tokens resized to ``[n, dts_grid², C]`` (RELEASED.md §3.2)."""
+        return self.vision_tower(pixel_values.to(self.sae.temporal_encoding.device), self.config.dts_grid)
 
     def compress_groups(self, feats: torch.Tensor) -> torch.Tensor:
-        """Per-frame tokens ``[4G, S, C]`` → LLM-ready visual tokens ``[G, P, d]`` (DTS, projector, 2×2 pool)."""
+        """Per-frame tokens ``[4G, S, C]`` → LLM-ready visual tokens ``[G, P, d]`` (DTS, projector, 2×2 average pool)."""
         cfg = self.config
         x = frames_to_groups(feats, cfg.frames_per_group, cfg.token_layout)
         z = self.sae(x.to(self.sae.temporal_encoding.dtype))  # [G, S, C]
         h = self.mm_projector(z)  # [G, S, d]
-        g, s, d = h.shape
+        g, _, d = h.shape
         grid = cfg.dts_grid
         h = h.transpose(1, 2).reshape(g, d, grid, grid)
         h = F.avg_pool2d(h, cfg.pool_size)
         return h.reshape(g, d, cfg.tokens_per_group).transpose(1, 2)
 
-    def encode_video(self, frames: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
-        """Encode a whole video, streaming ``chunk_frames`` frames at a time through vision + DTS.
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor,
+        video_num_frames: torch.Tensor | list[int] | None = None,
+        chunk_frames: int | None = None,
+    ) -> list[torch.Tensor]:
+        """Visual tokens of each video.
 
         Args:
-            frames: uint8 ``[N, H, W, 3]``, or an iterable of such chunks (e.g. ``iter_video(..., chunk_size=...)``
-                yielding ``(frames, timestamps)`` pairs, or bare frame tensors) so the decoded video never needs
-                to be held whole. The tail is padded to a multiple of ``frames_per_group`` by repeating the last
-                frame.
+            pixel_values_videos: float ``[ΣN_v, 3, S, S]``: the videos' frames concatenated (processor output).
+            video_num_frames: int ``[V]`` frames per video, each a multiple of ``frames_per_group`` (default: one
+                video).
+            chunk_frames: frames through vision + DTS at a time (default ``config.chunk_frames``); the result does
+                not depend on it.
 
         Returns:
-            ``[G, P, d]`` visual tokens, ``G = ceil(N / frames_per_group)``, ``P = tokens_per_group`` (144).
-            Only these compact tokens grow with video length.
+            One ``[G_v, P, d]`` tensor per video (``G_v = N_v / frames_per_group``, P = 144).
 
         Raises:
-            ValueError: no frames, or a frame tensor of the wrong shape / dtype.
+            ValueError: counts that do not add up to the frames given, or that are not multiples of the group size.
         """
-        out = [self.compress_groups(self.vision_features(chunk)) for chunk in self._chunks(frames)]
+        t = self.config.frames_per_group
+        if pixel_values_videos.dim() != 4:
+            raise ValueError(f"pixel_values_videos must have shape [frames, 3, S, S], got {tuple(pixel_values_videos.shape)}")
+        total = pixel_values_videos.shape[0]
+        counts = [total] if video_num_frames is None else [int(n) for n in torch.as_tensor(video_num_frames).reshape(-1).tolist()]
+        if sum(counts) != total or any(n <= 0 or n % t for n in counts):
+            raise ValueError(
+                f"video_num_frames {counts} must be positive multiples of frames_per_group ({t}) adding up to the "
+                f"{total} frames of pixel_values_videos"
+            )
+        size = self._chunk_size(chunk_frames)
+        tokens = torch.cat(
+            [self.compress_groups(self.vision_features(pixel_values_videos[i : i + size])) for i in range(0, total, size)]
+        )
+        return list(tokens.split([n // t for n in counts]))
+
+    def encode_video(self, pixel_chunks: Iterable[torch.Tensor], chunk_frames: int | None = None) -> torch.Tensor:
+        """Encode one video streamed as chunks of pixels, never holding more than ``chunk_frames`` frames' features.
+
+        Args:
+            pixel_chunks: an iterable of float ``[n_i, 3, S, S]`` pixel chunks (e.g. the video processor applied to
+                each chunk of :func:`vxlp_model.iter_video`), or one such tensor. The tail is padded to a multiple
+                of ``frames_per_group`` by repeating the last frame (RELEASED.md §3.3, deterministic).
+
+        Returns: ``[G, P, d]`` visual tokens, ``G = ceil(N / frames_per_group)``.
+
+        Raises: ValueError: no frames, or a chunk of the wrong shape.
+        """
+        size = self._chunk_size(chunk_frames)
+        out = [self.compress_groups(self.vision_features(chunk)) for chunk in self._rechunk(pixel_chunks, size)]
         if not out:
-            raise ValueError("frames must contain at least one frame")
+            raise ValueError("pixel_chunks must contain at least one frame")
         return torch.cat(out)
 
-    def encode_videos(self, videos: list) -> list[torch.Tensor]:
-        """Encode several videos, batching the frame tensors through vision + DTS together.
+    def _chunk_size(self, chunk_frames: int | None) -> int:
+        t = self.config.frames_per_group
+        size = self.config.chunk_frames if chunk_frames is None else int(chunk_frames)
+        if size < t or size % t:
+            raise ValueError(f"chunk_frames ({size}) must be a positive multiple of frames_per_group ({t})")
+        return size
 
-        Each entry is uint8 ``[N_i, H, W, 3]`` (all of one H, W to be batched), an iterable of chunks (encoded
-        alone, streaming), or precomputed visual tokens float ``[G_i, P, d]`` (returned as is). Returns one
-        ``[G_i, P, d]`` tensor per entry.
-        """
-        out: list = [None] * len(videos)
-        batch, owners = [], []
-        for i, v in enumerate(videos):
-            if isinstance(v, torch.Tensor) and v.is_floating_point():
-                out[i] = v
-            elif isinstance(v, torch.Tensor):
-                if v.dim() != 4 or v.shape[-1] != 3 or v.dtype != torch.uint8 or v.shape[0] == 0:
-                    raise ValueError(f"video_frames[{i}] must be uint8 [N >= 1, H, W, 3], got {v.dtype} {tuple(v.shape)}")
-                if batch and v.shape[1:] != batch[0].shape[1:]:
-                    out[i] = self.encode_video(v)
-                    continue
-                batch.append(self._pad_to_groups(v))
-                owners.append(i)
-            else:
-                out[i] = self.encode_video(v)
-        if batch:
-            tokens = self.encode_video(torch.cat(batch))
-            groups = [f.shape[0] // self.config.frames_per_group for f in batch]
-            for i, part in zip(owners, tokens.split(groups)):
-                out[i] = part
-        return out
-
-    def _chunks(self, frames) -> Iterator[torch.Tensor]:
-        size = self.config.chunk_frames
-        if isinstance(frames, torch.Tensor):
-            if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
-                raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-            for i in range(0, frames.shape[0], size):
-                yield self._pad_to_groups(frames[i : i + size])
-            return
+    def _rechunk(self, chunks, size: int) -> Iterator[torch.Tensor]:
+        if isinstance(chunks, torch.Tensor):
+            chunks = [chunks]
         buf, n = [], 0
-        for item in frames:
-            chunk = item[0] if isinstance(item, tuple) else item
-            if chunk.dim() == 3:
-                chunk = chunk[None]
+        for i, chunk in enumerate(chunks):
+            if not isinstance(chunk, torch.Tensor) or chunk.dim() != 4 or chunk.shape[1] != 3 or not chunk.is_floating_point():
+                raise ValueError(f"pixel chunk {i} must be a float tensor [n, 3, S, S]")
             buf.append(chunk)
             n += chunk.shape[0]
             while n >= size:
@@ -196,234 +237,581 @@ class VideoXLProForCausalLM(VideoXLProPreTrainedModel, GenerationMixin):
                 yield allf[:size]
                 buf, n = [allf[size:]], allf.shape[0] - size
         if n:
-            yield self._pad_to_groups(torch.cat(buf))
+            yield pad_to_groups(torch.cat(buf), self.config.frames_per_group)
 
     # ------------------------------------------------------------------ ReCoT pre-training (SPEC §3)
-    def recot_loss(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """ReCoT reconstruction objective on frozen SigLIP tokens of one clip or a batch of clips.
+    def recot_loss(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        mask_ratio: float = 0.5,
+        pool: float = 0.75,
+        score_loss_weight: float = 0.1,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """ReCoT reconstruction objective on frozen SigLIP tokens of clips of ``frames_per_group`` frames.
 
         Args:
-            frames: uint8 ``[N, H, W, 3]`` with N a multiple of ``frames_per_group`` (each 4 frames = one group).
-            generator: generator (on the model's device) for the SGM mask.
+            pixel_values: float ``[4G, 3, S, S]`` (each consecutive 4 frames = one clip).
+            mask_ratio, pool: SGM masking (SPEC §3: ρ = 0.5 of each frame's tokens drawn from its 75 % lowest-score
+                tokens); score_loss_weight: weight of the SGM score loss; generator: for the mask (model device).
 
         Returns:
-            dict with ``loss`` (= ``recon_loss + sgm_score_loss_weight · score_loss``), ``recon_loss`` (MSE of the
-            decoder's 4×S tokens against the SigLIP tokens, all tokens), ``score_loss`` (MSE between SGM scores and
-            the min-max-normalised per-token reconstruction error: our design, which gives the learnable SGM
-            queries a training signal — high score = hard to reconstruct = kept visible), ``mask_fraction``.
+            dict with ``loss`` (= ``recon_loss + score_loss_weight · score_loss``), ``recon_loss`` (MSE of the
+            decoder's 4×S tokens against the SigLIP tokens), ``score_loss`` (MSE between SGM scores and the
+            min-max-normalised per-token reconstruction error: our design, which gives the learnable SGM queries a
+            training signal — high score = hard to reconstruct = kept visible), ``mask_fraction``.
+
+        Raises: ValueError: no ReCoT decoder (``recot_decoder_layers = 0``) or a frame count not a multiple of 4.
 
         Source: paper §3.2 (ReCoT, SGM); SPEC §3.
         """
         cfg = self.config
-        if frames.shape[0] % cfg.frames_per_group:
-            raise ValueError(f"frames must hold a multiple of {cfg.frames_per_group} frames, got {frames.shape[0]}")
+        if not cfg.has_recot:
+            raise ValueError("this model has no ReCoT decoder (recot_decoder_layers = 0): build it with recot_decoder_layers > 0")
+        if pixel_values.shape[0] % cfg.frames_per_group:
+            raise ValueError(f"pixel_values must hold a multiple of {cfg.frames_per_group} frames, got {pixel_values.shape[0]}")
         with torch.no_grad():
-            feats = self.vision_features(frames)
+            feats = self.vision_features(pixel_values)
         x = frames_to_groups(feats, cfg.frames_per_group, cfg.token_layout).to(self.sae.temporal_encoding.dtype)
         g, t, hh, ww, c = x.shape
-        tokens = x.reshape(g, t, hh * ww, c)
-        masked, mask, scores = self.sgm(tokens, generator)
+        masked, mask, scores = self.sgm(x.reshape(g, t, hh * ww, c), mask_ratio, pool, generator)
         z = self.sae(masked.reshape(g, t, hh, ww, c))
         rec = self.recot_decoder(z, cfg.dts_grid)
         err = (rec.float() - x.float()).pow(2).mean(-1).reshape(g, t, hh * ww)
         recon = err.mean()
-        target = min_max(err.detach(), dim=(1, 2))
-        score_loss = F.mse_loss(scores.float(), target)
-        loss = recon + cfg.sgm_score_loss_weight * score_loss
+        score_loss = F.mse_loss(scores.float(), min_max(err.detach(), dim=(1, 2)))
+        loss = recon + score_loss_weight * score_loss
         return {"loss": loss, "recon_loss": recon.detach(), "score_loss": score_loss.detach(), "mask_fraction": mask.float().mean()}
 
-    # ------------------------------------------------------------------ multimodal inputs
-    def prepare_inputs_embeds(
+    # ------------------------------------------------------------------ splice, select, compact (RELEASED.md §4)
+    def splice_video(
         self,
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor,
-        video_frames: list,
+        videos: list[torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        padding_side: str = "right",
-        generator: torch.Generator | None = None,
-        return_selection: bool = False,
-    ):
-        """Splice visual tokens into the text embeddings, apply the Query-aware Selector, re-pad the batch.
+        selector_mode: str | None = None,
+        selector_budget: int | None = None,
+        selector_keep_ratio: float | None = None,
+    ) -> dict[str, Any]:
+        """Place the visual tokens into the prompt, run the selector per video block, and compact the batch.
 
         Args:
-            input_ids, token_type_ids: int64 ``[B, L]`` from the processor (padding where ``attention_mask`` is 0).
-            video_frames: B entries, each uint8 ``[N_b, H, W, 3]`` (or an iterable of chunks, see
-                :meth:`encode_video`) or precomputed visual tokens float ``[G_b, P, d]``.
-            attention_mask: ``[B, L]`` (1 = real token); default all ones.
-            labels: ``[B, L]`` or None.
-            padding_side: side to pad the compacted sequences on (``left`` for generation).
-
-            return_selection: also return, per sample, ``(positions [K], scores [K])`` of the kept visual tokens in
-                the padded sequence (scores None when the selector is off).
+            input_ids, token_type_ids: int64 ``[B, L]`` from the processor; each video block is a run of ``TIME``
+                and ``VIDEO`` tokens (per group: its time text, then P placeholders), consumed by the videos in
+                order.
+            videos: visual tokens per video, ``[G_v, P, d]``.
+            attention_mask: ``[B, L]`` (1 = real token); labels: ``[B, L]`` or None.
+            selector_mode, selector_budget, selector_keep_ratio: default to the config's.
 
         Returns:
-            ``(inputs_embeds [B, L', d], attention_mask [B, L'], labels [B, L'] or None)`` (+ the selection list).
+            dict with ``inputs_embeds`` ``[B, L', d]``, ``attention_mask`` and ``position_ids`` ``[B, L']``
+            (positions 0… over each compacted sample), ``labels`` ``[B, L']`` or None, ``selection`` (see
+            :class:`VideoXLProModelOutputWithPast`). The padding side of the input is kept.
 
         Raises:
-            ValueError: a sample whose number of video placeholders is not ``G·P`` for its frames, or a batch size
-            mismatch.
+            ValueError: placeholder counts that do not match the videos, a broken block, unused videos, or bad
+            selector arguments.
         """
         cfg = self.config
-        b = input_ids.shape[0]
-        if len(video_frames) != b:
-            raise ValueError(f"video_frames must have one entry per sample ({b}), got {len(video_frames)}")
+        mode = cfg.selector_mode if selector_mode is None else selector_mode
+        budget = cfg.selector_budget if selector_budget is None else selector_budget
+        ratio = cfg.selector_keep_ratio if selector_keep_ratio is None else selector_keep_ratio
+        validate_selector_args(mode, budget, ratio)
+        if cfg.selector_impl != "none" and cfg.selector_impl != self.selector.impl:
+            raise ValueError(
+                f"config.selector_impl is {cfg.selector_impl!r} but this model was built with {self.selector.impl!r}: "
+                "the implementation is an architecture setting fixed at construction"
+            )
+        b, length = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if token_type_ids.shape != input_ids.shape:
+            raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
+        left = bool(attention_mask[:, -1].all()) and not bool(attention_mask[:, 0].all())
         embed = self.get_input_embeddings()
-        visual = self.encode_videos(video_frames)
+        p = cfg.tokens_per_group
+        video_iter = iter(videos)
         rows, row_labels, selection = [], [], []
         for i in range(b):
             real = attention_mask[i].bool()
             ids, types = input_ids[i][real], token_type_ids[i][real]
             lab = labels[i][real] if labels is not None else None
-            vis = visual[i]
-            g, p, d = vis.shape
-            vid_pos = (types == VIDEO).nonzero().squeeze(-1)
-            if vid_pos.numel() != g * p or not bool((ids[vid_pos] == cfg.video_token_id).all()):
-                raise ValueError(
-                    f"sample {i}: input_ids hold {vid_pos.numel()} video placeholders but its video gives {g} groups × {p} tokens"
-                )
-            text = embed(ids.masked_fill(types == VIDEO, 0))
-            time_pos = (types == TIME).nonzero().squeeze(-1)
-            time_embeds = text[time_pos].reshape(g, time_pos.numel() // g, d) if time_pos.numel() % g == 0 else text[:0].reshape(g, 0, d)
-            query = text[(types == QUERY)]
-            keep, selected, scores = self.selector(vis.to(text.dtype), time_embeds, query, generator)
-            emb = text.clone()
-            emb[vid_pos] = vis.reshape(g * p, d).to(text.dtype)
-            emb[vid_pos[keep]] = selected.to(text.dtype)
-            keep_tok = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
-            keep_tok[vid_pos[~keep]] = False
-            rows.append(emb[keep_tok])
-            row_labels.append(lab[keep_tok] if lab is not None else None)
-            kept_pos = (types[keep_tok] == VIDEO).nonzero().squeeze(-1)
-            selection.append((kept_pos, scores[keep] if scores is not None else None))
-        length = max(r.shape[0] for r in rows)
+            emb = embed(ids)
+            blocks = _video_blocks(types)
+            if not blocks:
+                rows.append(emb)
+                row_labels.append(lab)
+                selection.append(None)
+                continue
+            outside = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+            for s, e in blocks:
+                outside[s:e] = False
+            if cfg.selector_impl == "vxlp":
+                text = emb[types == QUERY]
+            else:
+                text = emb[outside & (types != ANSWER)]
+            pieces, lab_pieces, kept_pos, kept_scores, kept_vis = [], [], [], [], []
+            cursor, out_len, vis_offset = 0, 0, 0
+            for s, e in blocks:
+                try:
+                    vis = next(video_iter)
+                except StopIteration:
+                    raise ValueError(f"sample {i} has more video blocks than there are videos") from None
+                is_visual = types[s:e] == VIDEO
+                g = vis.shape[0]
+                if int(is_visual.sum()) != g * p or vis.shape[1] != p or not bool((ids[s:e][is_visual] == cfg.video_token_id).all()):
+                    raise ValueError(
+                        f"sample {i}: a video block holds {int(is_visual.sum())} placeholders (id {cfg.video_token_id}) but "
+                        f"its video gives {g} groups × {vis.shape[1]} tokens (expected {p} per group)"
+                    )
+                block = emb[s:e].clone()
+                block[is_visual] = vis.reshape(g * p, -1).to(block.dtype)
+                if cfg.selector_impl == "none":
+                    sel = Selection(block, torch.ones(e - s, dtype=torch.bool, device=block.device), None, torch.arange(g * p, device=block.device))
+                else:
+                    sel = self.selector(block, is_visual, p, text, mode, budget, ratio)
+                pieces += [emb[cursor:s], sel.block[sel.keep]]
+                if lab is not None:
+                    lab_pieces += [lab[cursor:s], lab[s:e][sel.keep]]
+                out_len += s - cursor
+                kept_types = is_visual[sel.keep]
+                kept_pos.append(out_len + kept_types.nonzero().squeeze(-1))
+                kept_vis.append(vis_offset + sel.kept_visual)
+                if sel.scores is not None:
+                    kept_scores.append(sel.scores[sel.kept_visual])
+                out_len += int(sel.keep.sum())
+                vis_offset += g * p
+                cursor = e
+            pieces.append(emb[cursor:])
+            rows.append(torch.cat(pieces))
+            if lab is not None:
+                lab_pieces.append(lab[cursor:])
+                row_labels.append(torch.cat(lab_pieces))
+            else:
+                row_labels.append(None)
+            selection.append(
+                {
+                    "positions": torch.cat(kept_pos),
+                    "scores": torch.cat(kept_scores) if kept_scores else None,
+                    "kept_visual": torch.cat(kept_vis),
+                }
+            )
+        if next(video_iter, None) is not None:
+            raise ValueError("more videos were given than the prompts have video blocks")
+        new_len = max(r.shape[0] for r in rows)
         d = rows[0].shape[1]
-        embeds = rows[0].new_zeros((b, length, d))
-        mask = torch.zeros((b, length), dtype=torch.long, device=input_ids.device)
-        out_labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long, device=input_ids.device) if labels is not None else None
+        embeds = rows[0].new_zeros((b, new_len, d))
+        mask = torch.zeros((b, new_len), dtype=attention_mask.dtype, device=input_ids.device)
+        positions = torch.zeros((b, new_len), dtype=torch.long, device=input_ids.device)
+        out_labels = torch.full((b, new_len), IGNORE_INDEX, dtype=torch.long, device=input_ids.device) if labels is not None else None
         for i, r in enumerate(rows):
             n = r.shape[0]
-            sl = slice(0, n) if padding_side == "right" else slice(length - n, length)
-            embeds[i, sl] = r
-            mask[i, sl] = 1
+            off = new_len - n if left else 0
+            embeds[i, off : off + n] = r
+            mask[i, off : off + n] = 1
+            positions[i, off : off + n] = torch.arange(n, device=input_ids.device)
             if out_labels is not None:
-                out_labels[i, sl] = row_labels[i]
-            if padding_side == "left":
-                selection[i] = (selection[i][0] + (length - n), selection[i][1])
-        if return_selection:
-            return embeds, mask, out_labels, selection
-        return embeds, mask, out_labels
+                out_labels[i, off : off + n] = row_labels[i]
+            if selection[i] is not None and off:
+                selection[i]["positions"] = selection[i]["positions"] + off
+        return {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, "labels": out_labels, "selection": selection}
 
     def forward(
         self,
-        input_ids: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        video_frames: list | None = None,
-        labels: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values=None,
-        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_num_frames: torch.Tensor | None = None,
+        video_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        selector_mode: str | None = None,
+        selector_budget: int | None = None,
+        selector_keep_ratio: float | None = None,
+        relevance_rows: bool = False,
+        **kwargs,
+    ) -> VideoXLProModelOutputWithPast:
+        """Splice video into the prompt (when video inputs are given), select, compact, and run the LLM.
+
+        Shapes: ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels`` int64 ``[B, L]``;
+        ``pixel_values_videos`` float ``[ΣN_v, 3, S, S]`` with ``video_num_frames`` int ``[V]``, or ``video_embeds``
+        float ``[ΣG_v, P, d]`` (precomputed visual tokens) with ``video_num_frames`` = ``frames_per_group · G_v``.
+        ``selector_mode`` / ``selector_budget`` / ``selector_keep_ratio`` override the config's defaults for this
+        call. ``relevance_rows`` (training): also return, per sample, the LLM's attention from the positions that
+        predict a labelled token to the kept visual tokens (see :meth:`VideoXLProForConditionalGeneration.forward`).
+
+        Raises:
+            ValueError: video inputs without ``input_ids`` / ``token_type_ids``, both pixels and embeddings, video
+            inputs with a non-empty cache, or any error of :meth:`splice_video` / :meth:`get_video_features`.
+        """
+        has_video = pixel_values_videos is not None or video_embeds is not None
+        out_labels, selection, relevance = labels, None, None
+        if has_video:
+            if pixel_values_videos is not None and video_embeds is not None:
+                raise ValueError("pass either pixel_values_videos or video_embeds, not both")
+            if input_ids is None or token_type_ids is None:
+                raise ValueError("video inputs need input_ids and token_type_ids (from VideoXLProProcessor)")
+            if cache is not None and cache.get_seq_length() > 0:
+                raise ValueError("video inputs can only be spliced into a prompt that starts from an empty cache")
+            if pixel_values_videos is not None:
+                videos = self.get_video_features(pixel_values_videos, video_num_frames)
+            else:
+                videos = _split_embeds(video_embeds, video_num_frames, self.config)
+            spliced = self.splice_video(
+                input_ids, token_type_ids, videos, attention_mask, labels, selector_mode, selector_budget, selector_keep_ratio
+            )
+            inputs_embeds = spliced["inputs_embeds"]
+            attention_mask, position_ids = spliced["attention_mask"], spliced["position_ids"]
+            out_labels, selection = spliced["labels"], spliced["selection"]
+            input_ids = None
+        hooks = []
+        if relevance_rows and selection is not None and out_labels is not None:
+            relevance = [torch.zeros(0) if s is None else torch.zeros(s["positions"].numel()) for s in selection]
+            hooks = _register_relevance_hooks(self.language_model, out_labels, attention_mask, selection, relevance)
+        try:
+            outputs = self.language_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        finally:
+            for h in hooks:
+                h.remove()
+        if relevance is not None:
+            n_layers = len(self.language_model.layers)
+            relevance = [r / n_layers for r in relevance]
+        return VideoXLProModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            attention_mask=attention_mask if has_video else None,
+            position_ids=position_ids if has_video else None,
+            labels=out_labels if has_video else None,
+            selection=selection,
+            relevance=relevance,
+        )
+
+
+class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMixin):
+    """Video-XL-Pro with its LM head: ``save_pretrained`` / ``from_pretrained`` / GenerationMixin's ``generate``.
+
+    Example::
+
+        processor = VideoXLProProcessor.from_pretrained(path)
+        model = VideoXLProForConditionalGeneration.from_pretrained(path).eval()
+        frames, timestamps, _ = read_video("clip.mp4", fps=1.0, max_frames=128)
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(text=prompt, videos=frames, video_timestamps=timestamps, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=64)
+        print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])
+
+    Legacy checkpoints (the first vxlp layout, ``VideoXLProForCausalLM``) load through :meth:`from_pretrained`
+    with the key map of :mod:`vxlp_model.legacy`.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: VideoXLProConfig):
+        super().__init__(config)
+        self.model = VideoXLProModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+        gc = self.generation_config
+        if gc is not None:
+            text = config.text_config
+            for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+                if getattr(gc, key, None) is None and getattr(text, key, None) is not None:
+                    setattr(gc, key, getattr(text, key))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``; a folder in the legacy layout is read with :mod:`vxlp_model.legacy`."""
+        from .legacy import is_legacy_checkpoint, load_legacy_checkpoint
+
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path) and is_legacy_checkpoint(path):
+            return load_legacy_checkpoint(cls, path, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    # convenience access, as in transformers' VLMs
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    @property
+    def vision_tower(self):
+        return self.model.vision_tower
+
+    def get_video_features(self, pixel_values_videos, video_num_frames=None, chunk_frames=None):
+        return self.model.get_video_features(pixel_values_videos, video_num_frames, chunk_frames)
+
+    def encode_video(self, pixel_chunks, chunk_frames=None):
+        return self.model.encode_video(pixel_chunks, chunk_frames)
+
+    def recot_loss(self, pixel_values, **kwargs):
+        return self.model.recot_loss(pixel_values, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_num_frames: torch.Tensor | None = None,
+        video_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        selector_mode: str | None = None,
+        selector_budget: int | None = None,
+        selector_keep_ratio: float | None = None,
+        selector_distill_temperature: float | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
-        """Causal-LM forward. With ``video_frames`` (and ``token_type_ids``), visual tokens are spliced in first.
+    ) -> VideoXLProCausalLMOutputWithPast:
+        """Causal-LM forward (see :meth:`VideoXLProModel.forward` for the inputs).
 
-        Shapes: ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels`` int64 ``[B, L]``; ``video_frames``
-        a list of B uint8 ``[N_b, H, W, 3]`` tensors. ``loss`` is the mean next-token cross-entropy over answer tokens
-        (labels ≠ -100). Without video it is a plain Qwen2 forward.
+        ``loss``: mean next-token cross-entropy over labelled tokens (labels ≠ -100) of the compacted sequence.
+        ``selector_distill_temperature`` (training only, our design, SPEC §4 is silent): also return
+        ``selector_distill_loss`` = KL(LLM relevance ‖ softmax(τ · selector scores)) over each sample's kept visual
+        tokens, where the relevance is the attention that the positions predicting labelled tokens pay to each kept
+        visual token, averaged over layers and heads, renormalised and detached. It teaches the selector to rank
+        tokens as the LLM uses them. The caller weighs it into the loss; nothing here changes any configuration.
         """
-        selection = None
-        if video_frames is not None:
-            if input_ids is None or token_type_ids is None:
-                raise ValueError("video_frames needs input_ids and token_type_ids (from VideoXLProProcessor)")
-            inputs_embeds, attention_mask, labels, selection = self.prepare_inputs_embeds(
-                input_ids, token_type_ids, video_frames, attention_mask, labels, return_selection=True
-            )
-            input_ids = None
-        distill = (
-            self.training
-            and self.config.selector_distill_weight > 0
-            and labels is not None
-            and selection is not None
-            and selection[0][1] is not None
-        )
-        if distill:
-            kwargs["output_attentions"] = True
-        out = self.language_model(
+        if kwargs.pop("past_key_values", None) is not None:
+            raise ValueError("pass the cache as `cache` (transformers ≥ 5.24 naming)")
+        distill = selector_distill_temperature is not None and labels is not None
+        outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            token_type_ids=token_type_ids,
+            pixel_values_videos=pixel_values_videos,
+            video_num_frames=video_num_frames,
+            video_embeds=video_embeds,
+            labels=labels,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
+            selector_mode=selector_mode,
+            selector_budget=selector_budget,
+            selector_keep_ratio=selector_keep_ratio,
+            relevance_rows=distill,
             **kwargs,
         )
-        if distill:
-            kl = self._selector_distill_loss(out.attentions, labels, selection)
-            out.loss = out.loss + self.config.selector_distill_weight * kl
-            out.attentions = None
-        return out
-
-    def _selector_distill_loss(self, attentions, labels: torch.Tensor, selection: list) -> torch.Tensor:
-        """KL(LLM relevance ‖ selector) over each sample's kept visual tokens (our design, SPEC §4 is silent).
-
-        Relevance = the attention that the positions predicting answer tokens pay to each kept visual token,
-        averaged over layers and heads, renormalised over the kept tokens, and detached. The selector's
-        distribution is ``softmax(τ · score)`` (τ = ``selector_distill_temperature``). This teaches the selector to
-        rank tokens as the LLM uses them, so a small inference budget keeps what the answer needs.
-        """
-        attn = torch.stack([a.float() for a in attentions]).mean(dim=(0, 2))  # [B, L, L]
-        tau = self.config.selector_distill_temperature
-        losses = []
-        for b, (pos, scores) in enumerate(selection):
-            rows = (labels[b, 1:] != IGNORE_INDEX).nonzero().squeeze(-1)  # position q predicts token q + 1
-            if rows.numel() == 0 or pos.numel() < 2:
-                continue
-            rel = attn[b, rows][:, pos].mean(0).detach()
-            target = rel / rel.sum().clamp_min(1e-12)
-            logp = torch.log_softmax(tau * scores.float(), dim=0)
-            losses.append((target * (torch.log(target.clamp_min(1e-12)) - logp)).sum())
-        if not losses:
-            return attn.new_zeros(())
-        return torch.stack(losses).mean()
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        video_frames: list | None = None,
-        **generate_kwargs,
-    ):
-        """Generate answer tokens (greedy by default: deterministic). Returns only the new token ids ``[B, T_new]``.
-
-        With ``video_frames`` the prompt is built as in :meth:`forward` (left-padded); other keyword arguments go to
-        ``Qwen2ForCausalLM.generate`` (``max_new_tokens``, ``eos_token_id``, ...).
-        """
-        generate_kwargs.setdefault("do_sample", False)
-        if video_frames is None:
-            return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
-        embeds, mask, _ = self.prepare_inputs_embeds(
-            input_ids, token_type_ids, video_frames, attention_mask, None, padding_side="left"
+        hidden = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, slice_indices, :])
+        labels_used = outputs.labels if outputs.labels is not None else labels
+        loss = None
+        if labels_used is not None:
+            loss = self.loss_function(logits=logits, labels=labels_used, vocab_size=self.config.text_config.vocab_size)
+        distill_loss = None
+        if distill and outputs.relevance is not None:
+            distill_loss = _distill_kl(outputs.selection, outputs.relevance, float(selector_distill_temperature), logits)
+        return VideoXLProCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            attention_mask=outputs.attention_mask,
+            position_ids=outputs.position_ids,
+            labels=outputs.labels,
+            selection=outputs.selection,
+            selector_distill_loss=distill_loss,
         )
-        return self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
+
+    # ------------------------------------------------------------------ generation (GenerationMixin hooks)
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, is_first_iteration=False, **kwargs):
+        """GenerationMixin's preparation; the video inputs enter on the first (prefill) step only."""
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, next_sequence_length=next_sequence_length, cache=cache, is_first_iteration=is_first_iteration, **kwargs
+        )
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for key in VIDEO_INPUT_KEYS:
+                model_inputs.pop(key, None)
+        return model_inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        """After the prefill, continue from the compacted sequence: its attention mask and positions replace the
+        prompt's (the cache holds the compacted sequence, not ``input_ids``)."""
+        if getattr(outputs, "attention_mask", None) is not None and model_kwargs.get("use_cache", True):
+            model_kwargs["attention_mask"] = outputs.attention_mask
+            model_kwargs["position_ids"] = outputs.position_ids
+        return super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """Beam search / ``num_return_sequences``: repeat each sample's videos with the sample (the video tensors are
+        concatenated over videos, not batched over samples)."""
+        if expand_size == 1:
+            return input_ids, model_kwargs
+        videos = {k: model_kwargs.pop(k) for k in VIDEO_INPUT_KEYS if model_kwargs.get(k) is not None}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        if videos:
+            types = model_kwargs.get("token_type_ids")
+            if types is None or "video_num_frames" not in videos:
+                raise ValueError("expanding video inputs needs token_type_ids and video_num_frames")
+            per_sample = [len(_video_blocks(t)) for t in types[::expand_size]]
+            counts = [int(n) for n in videos["video_num_frames"].tolist()]
+            t = self.config.frames_per_group
+            data_key = "pixel_values_videos" if "pixel_values_videos" in videos else "video_embeds"
+            unit = 1 if data_key == "pixel_values_videos" else t
+            chunks = list(videos[data_key].split([n // unit for n in counts]))
+            new_chunks, new_counts, v = [], [], 0
+            for n_videos in per_sample:
+                mine = list(range(v, v + n_videos))
+                v += n_videos
+                for _ in range(expand_size):
+                    new_chunks += [chunks[j] for j in mine]
+                    new_counts += [counts[j] for j in mine]
+            model_kwargs[data_key] = torch.cat(new_chunks)
+            model_kwargs["video_num_frames"] = torch.tensor(new_counts, dtype=torch.long, device=videos["video_num_frames"].device)
+        return input_ids, model_kwargs
 
     # ------------------------------------------------------------------ reporting
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per component (tied weights counted once)."""
+        """Parameters per component (tied weights counted once); absent components count 0."""
         names = ["vision_tower", "sae", "recot_decoder", "sgm", "mm_projector", "selector", "language_model"]
         counts = {}
         for n in names:
-            seen = {}
-            for p in getattr(self, n).parameters():
-                seen[id(p)] = p.numel()
+            mod = getattr(self.model, n, None)
+            seen = {id(p): p.numel() for p in mod.parameters()} if mod is not None else {}
             counts[n] = sum(seen.values())
+        if not self.config.tie_word_embeddings:
+            counts["lm_head"] = self.lm_head.weight.numel()
         counts["total"] = sum(counts.values())
         return counts
+
+
+# ---------------------------------------------------------------------- helpers
+def pad_to_groups(frames: torch.Tensor, frames_per_group: int) -> torch.Tensor:
+    """Repeat the last frame so the frame count is a multiple of ``frames_per_group`` (RELEASED.md §3.3: the
+    deterministic replacement for the released code's random duplication)."""
+    rest = (-frames.shape[0]) % frames_per_group
+    if rest:
+        frames = torch.cat([frames, frames[-1:].expand(rest, *frames.shape[1:])])
+    return frames
+
+
+def _video_blocks(types: torch.Tensor) -> list[tuple[int, int]]:
+    """``[(start, end)]`` of each maximal run of TIME / VIDEO tokens that contains VIDEO tokens (a video block)."""
+    in_block = (types == TIME) | (types == VIDEO)
+    if not bool(in_block.any()):
+        return []
+    idx = in_block.nonzero().squeeze(-1).tolist()
+    runs, start, prev = [], idx[0], idx[0]
+    for j in idx[1:]:
+        if j != prev + 1:
+            runs.append((start, prev + 1))
+            start = j
+        prev = j
+    runs.append((start, prev + 1))
+    blocks = []
+    for s, e in runs:
+        vis = (types[s:e] == VIDEO).nonzero().squeeze(-1)
+        if vis.numel() == 0:
+            raise ValueError(f"token_type_ids mark time text at positions {s}..{e - 1} with no video placeholders after it")
+        if int(vis[-1]) != e - s - 1:
+            raise ValueError(f"the video block at positions {s}..{e - 1} must end with its last group's placeholders")
+        blocks.append((s, e))
+    return blocks
+
+
+def _split_embeds(video_embeds: torch.Tensor, video_num_frames, config) -> list[torch.Tensor]:
+    p, t = config.tokens_per_group, config.frames_per_group
+    if video_embeds.dim() != 3 or video_embeds.shape[1] != p or video_embeds.shape[2] != config.hidden_size:
+        raise ValueError(f"video_embeds must have shape [groups, {p}, {config.hidden_size}], got {tuple(video_embeds.shape)}")
+    total = video_embeds.shape[0]
+    counts = [total * t] if video_num_frames is None else [int(n) for n in torch.as_tensor(video_num_frames).reshape(-1).tolist()]
+    if sum(counts) != total * t or any(n <= 0 or n % t for n in counts):
+        raise ValueError(f"video_num_frames {counts} must be multiples of {t} adding up to {total} groups × {t} frames")
+    return list(video_embeds.split([n // t for n in counts]))
+
+
+def _register_relevance_hooks(language_model, labels, attention_mask, selection, relevance) -> list:
+    """Forward pre-hooks on every attention module that accumulate, per sample, the attention of the positions
+    predicting labelled tokens to the kept visual tokens (averaged over those positions and the heads).
+
+    Computed from the attention module's own inputs and projections (queries and keys with their rotary
+    embedding), so it works under any attention implementation (sdpa, flash, eager) and inside FSDP2 (the hook runs
+    within the decoder layer's forward, where its parameters are gathered). No gradient flows through it.
+    """
+    rows = []
+    for b, sel in enumerate(selection):
+        if sel is None:
+            rows.append(None)
+            continue
+        r = (labels[b, 1:] != IGNORE_INDEX).nonzero().squeeze(-1)
+        rows.append(r if r.numel() and sel["positions"].numel() >= 2 else None)
+
+    def hook(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        cos, sin = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+        with torch.no_grad():
+            bsz, length, _ = hidden.shape
+            hd = module.head_dim
+            q = module.q_proj(hidden).view(bsz, length, -1, hd).transpose(1, 2)
+            k = module.k_proj(hidden).view(bsz, length, -1, hd).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k = k.repeat_interleave(module.num_key_value_groups, dim=1)
+            for b, r in enumerate(rows):
+                if r is None:
+                    continue
+                w = torch.matmul(q[b][:, r].float(), k[b].float().transpose(-1, -2)) * module.scaling  # [h, R, L]
+                allowed = torch.arange(length, device=hidden.device)[None, :] <= r[:, None]
+                allowed = allowed & attention_mask[b].bool()[None, :]
+                w = w.masked_fill(~allowed[None], float("-inf"))
+                prob = torch.softmax(w, dim=-1)
+                cols = selection[b]["positions"]
+                relevance[b] = relevance[b].to(prob.device) + prob[:, :, cols].mean(dim=(0, 1))
+        return None
+
+    handles = []
+    for layer in language_model.layers:
+        handles.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
+    return handles
+
+
+def _distill_kl(selection, relevance, tau: float, like: torch.Tensor) -> torch.Tensor:
+    losses = []
+    for sel, rel in zip(selection, relevance):
+        if sel is None or sel["scores"] is None or rel.numel() < 2 or float(rel.sum()) <= 0:
+            continue
+        target = rel / rel.sum().clamp_min(1e-12)
+        logp = torch.log_softmax(tau * sel["scores"].float(), dim=0)
+        losses.append((target * (torch.log(target.clamp_min(1e-12)) - logp)).sum())
+    if not losses:
+        return like.new_zeros((), dtype=torch.float32)
+    return torch.stack(losses).mean()
+
+
+VideoXLProForCausalLM = VideoXLProForConditionalGeneration  # the first layout's class name, kept as an alias

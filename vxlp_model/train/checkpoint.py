@@ -7,8 +7,9 @@ import shutil
 import tempfile
 
 
-def save_checkpoint(model, directory: str, tokenizer=None, extra_files: dict[str, str] | None = None) -> str:
-    """Save ``model`` (``save_pretrained``, safetensors) and optionally ``tokenizer`` to ``directory`` atomically.
+def save_checkpoint(model, directory: str, processor=None, extra_files: dict[str, str] | None = None) -> str:
+    """Save ``model`` (``save_pretrained``, safetensors) and optionally ``processor`` (or a tokenizer: anything with
+    ``save_pretrained``) to ``directory`` atomically.
 
     Everything is written to a temporary sibling directory first; only a complete checkpoint is renamed to
     ``directory`` (an existing one is replaced only after the new one is complete), so a crash never leaves a
@@ -22,8 +23,8 @@ def save_checkpoint(model, directory: str, tokenizer=None, extra_files: dict[str
     tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)

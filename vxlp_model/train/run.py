@@ -32,7 +32,7 @@ def _distributed() -> tuple[int, int]:
 def _shard(model) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    for layer in model.language_model.model.layers:
+    for layer in model.model.language_model.layers:
         fully_shard(layer)
     fully_shard(model)
 
@@ -71,10 +71,8 @@ def train_from_json(
 
     Returns: the output folder. Raises ``ValueError`` for a bad stage, ``FileNotFoundError`` for missing inputs.
     """
-    from transformers import AutoTokenizer
-
-    from ..modeling import VideoXLProForCausalLM
-    from ..prompt import VideoXLProProcessor
+    from ..modeling import VideoXLProForConditionalGeneration
+    from ..processing import VideoXLProProcessor
 
     if stage not in ("recot", "qa"):
         raise ValueError(f"stage must be 'recot' or 'qa', got {stage!r}")
@@ -82,16 +80,15 @@ def train_from_json(
         raise FileNotFoundError(f"model_dir not found: {model_dir}")
     rank, world = _distributed()
     torch.manual_seed(seed + rank)
-    model = VideoXLProForCausalLM.from_pretrained(model_dir).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    processor = VideoXLProProcessor(tokenizer, model.config)
+    model = VideoXLProForConditionalGeneration.from_pretrained(model_dir).to(device)
+    processor = VideoXLProProcessor.from_pretrained(model_dir)
     dataset = VideoQADataset(load_llava_json(data), fps=fps, max_frames=max_frames)
     if world > 1:
         _shard(model)
     show = progress and rank == 0
     if stage == "recot":
         videos = [dataset[i][0] for i in range(len(dataset))]
-        train_recot(model, videos, steps, lr=lr, seed=seed + rank, progress=show)
+        train_recot(model, processor, videos, steps, lr=lr, seed=seed + rank, progress=show)
     else:
 
         def sample_fn(gen):
@@ -104,10 +101,10 @@ def train_from_json(
     state = _full_state_dict(model) if world > 1 else None
     if rank == 0:
         if state is not None:
-            unsharded = VideoXLProForCausalLM.from_pretrained(model_dir)
+            unsharded = VideoXLProForConditionalGeneration.from_pretrained(model_dir)
             unsharded.load_state_dict(state)
             model = unsharded
-        save_checkpoint(model, out_dir, tokenizer=tokenizer)
+        save_checkpoint(model, out_dir, processor=processor)
     if world > 1:
         import torch.distributed as dist
 

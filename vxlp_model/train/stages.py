@@ -6,27 +6,34 @@ from typing import Callable
 
 import torch
 
+from ..processing import conversation
 from .loop import train_loop
 
 
 def train_recot(
     model,
+    processor,
     frames: torch.Tensor | list[torch.Tensor],
     steps: int,
     *,
     groups_per_step: int = 8,
     lr: float = 1e-3,
     seed: int = 0,
+    mask_ratio: float = 0.5,
+    pool: float = 0.75,
+    score_loss_weight: float = 0.1,
     progress: bool = True,
 ) -> list[dict]:
     """ReCoT stage (SPEC §3): train ``sae``, ``recot_decoder`` and ``sgm`` to reconstruct frozen SigLIP tokens.
 
     Args:
-        model: :class:`VideoXLProForCausalLM`.
+        model: :class:`VideoXLProForConditionalGeneration` (with a ReCoT decoder).
+        processor: :class:`VideoXLProProcessor` (its video processor turns frames into pixels).
         frames: uint8 ``[N, H, W, 3]`` training video frames, or a list of such videos (each with
             N ≥ frames_per_group); each step draws ``groups_per_step`` clips of ``frames_per_group`` frames (from one
             random video per step) with a random start and temporal stride 1–3.
         steps, lr: optimisation steps and peak learning rate; seed: seeds the clip sampling and the SGM masks.
+        mask_ratio, pool, score_loss_weight: SGM masking and the score loss weight (SPEC §3; training settings).
 
     Returns: the per-step history (``loss``, ``recon_loss``, ``score_loss``, ``mask_fraction``).
     """
@@ -36,9 +43,11 @@ def train_recot(
         if v.shape[0] < t:
             raise ValueError(f"frames[{i}] must hold at least {t} frames, got {v.shape[0]}")
     gen = torch.Generator().manual_seed(seed)
-    mask_gen = torch.Generator(device=model.sae.temporal_encoding.device).manual_seed(seed + 1)
+    device = model.device
+    mask_gen = torch.Generator(device=device).manual_seed(seed + 1)
     model.train()
-    params = [*model.sae.parameters(), *model.recot_decoder.parameters(), *model.sgm.parameters()]
+    inner = model.model
+    params = [*inner.sae.parameters(), *inner.recot_decoder.parameters(), *inner.sgm.parameters()]
 
     def loss_fn(step):
         clips = []
@@ -49,10 +58,20 @@ def train_recot(
             stride = min(stride, max(1, (n - 1) // max(1, t - 1)))
             start = int(torch.randint(0, n - (t - 1) * stride, (), generator=gen))
             clips.append(video[start : start + (t - 1) * stride + 1 : stride])
-        out = model.recot_loss(torch.cat(clips), generator=mask_gen)
+        pixels = processor.video_processor.pixel_values(torch.cat(clips)).to(device)
+        out = model.recot_loss(
+            pixels, mask_ratio=mask_ratio, pool=pool, score_loss_weight=score_loss_weight, generator=mask_gen
+        )
         return out["loss"], {k: v for k, v in out.items() if k != "loss"}
 
     return train_loop(params, loss_fn, steps, lr, desc="ReCoT", progress=progress)
+
+
+def draw_keep_ratio(generator: torch.Generator, low: float = 0.70, high: float = 0.95) -> float:
+    """A keep ratio drawn uniformly in ``[low, high]`` (SPEC §4: the paper drops 5–30 % in training)."""
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"keep ratio range must satisfy 0 < low <= high <= 1, got ({low}, {high})")
+    return low + (high - low) * float(torch.rand((), generator=generator))
 
 
 def train_qa(
@@ -65,42 +84,62 @@ def train_qa(
     lr: float = 1e-3,
     seed: int = 0,
     freeze_vision: bool = False,
-    selector_mode: str | None = "ratio",
+    selector_mode: str = "ratio",
+    keep_ratio_range: tuple[float, float] = (0.70, 0.95),
+    selector_budget: int | None = None,
+    selector_distill_weight: float = 0.0,
+    selector_distill_temperature: float = 10.0,
     progress: bool = True,
     desc: str = "QA",
 ) -> list[dict]:
     """Supervised fine-tuning on (video, question, answer) samples; loss on the answer tokens only (SPEC §6).
 
     Args:
-        model: :class:`VideoXLProForCausalLM`; processor: :class:`VideoXLProProcessor`.
+        model: :class:`VideoXLProForConditionalGeneration`; processor: :class:`VideoXLProProcessor`.
         sample_fn: ``sample_fn(generator) -> (frames uint8 [N, H, W, 3], timestamps [N] s, question, answer)``.
         steps, batch_size, lr: optimisation settings; seed: seeds sampling and the selector's keep ratio.
-        freeze_vision: keep SigLIP fixed; selector_mode: the selector mode while training (``ratio`` = SPEC §4's
-            training mode), restored afterwards.
+        freeze_vision: keep SigLIP fixed.
+        selector_mode: the selector mode while training (``ratio``: SPEC §4's training mode, a keep ratio drawn per
+            step in ``keep_ratio_range`` by this function's generator; ``budget`` with ``selector_budget``; ``off``).
+            Passed per call: the model's configuration is never changed.
+        selector_distill_weight, selector_distill_temperature: weight and temperature of the selector's relevance
+            distillation (our design; 0 = the released training), see
+            :meth:`VideoXLProForConditionalGeneration.forward`.
 
-    Returns: the per-step history (``loss``, ``answer_accuracy``: teacher-forced accuracy of the answer tokens).
+    Returns: the per-step history (``loss`` — the optimised total —, ``lm_loss``, and ``distill`` when distilling).
     """
     gen = torch.Generator().manual_seed(seed)
-    for p in model.vision_tower.parameters():
+    inner = model.model
+    for p in inner.vision_tower.parameters():
         p.requires_grad_(not freeze_vision)
-    old_mode = model.selector.mode
-    if selector_mode is not None:
-        model.selector.mode = selector_mode
     model.train()
-    skip = set(id(p) for p in [*model.recot_decoder.parameters(), *model.sgm.parameters()])
+    skip = set()
+    for name in ("recot_decoder", "sgm"):
+        if hasattr(inner, name):
+            skip |= {id(p) for p in getattr(inner, name).parameters()}
     params = [p for p in model.parameters() if id(p) not in skip]
+    device = model.device
 
     def loss_fn(step):
-        samples, videos = [], []
+        prompts, videos, stamps = [], [], []
         for _ in range(batch_size):
             frames, ts, question, answer = sample_fn(gen)
-            samples.append(processor(question, ts, answer))
+            prompts.append(processor.apply_chat_template(conversation(question, answer)))
             videos.append(frames)
-        batch = processor.collate(samples)
-        out = model(**batch, video_frames=videos)
-        return out.loss, {}
+            stamps.append(ts)
+        batch = processor(text=prompts, videos=videos, video_timestamps=stamps, return_labels=True, padding_side="right").to(device)
+        call = {"selector_mode": selector_mode}
+        if selector_mode == "ratio":
+            call["selector_keep_ratio"] = draw_keep_ratio(gen, *keep_ratio_range)
+        if selector_budget is not None:
+            call["selector_budget"] = selector_budget
+        if selector_distill_weight > 0:
+            call["selector_distill_temperature"] = selector_distill_temperature
+        out = model(**batch, **call)
+        loss, logs = out.loss, {"lm_loss": float(out.loss.detach())}
+        if out.selector_distill_loss is not None:
+            loss = loss + selector_distill_weight * out.selector_distill_loss
+            logs["distill"] = float(out.selector_distill_loss.detach())
+        return loss, logs
 
-    try:
-        return train_loop(params, loss_fn, steps, lr, desc=desc, progress=progress)
-    finally:
-        model.selector.mode = old_mode
+    return train_loop(params, loss_fn, steps, lr, desc=desc, progress=progress)
