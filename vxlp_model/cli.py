@@ -1,4 +1,5 @@
-"""The ``vxlp`` command: ``vxlp demo`` (the main job) and ``vxlp info`` (parameter counts per component)."""
+"""The ``vxlp`` command: ``vxlp demo`` (the main job), ``vxlp convert`` (released checkpoints → vxlp), ``vxlp train``,
+``vxlp score`` (official benchmark scorers) and ``vxlp info`` (parameter counts per component)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,11 @@ def _cmd_info(args) -> int:
     import torch
 
     from .config import VideoXLProConfig
-    from .modeling import VideoXLProForCausalLM
+    from .modeling import VideoXLProForConditionalGeneration
 
     config = VideoXLProConfig.real() if args.config == "real" else VideoXLProConfig.tiny()
     with torch.device("meta"):
-        model = VideoXLProForCausalLM(config)
+        model = VideoXLProForConditionalGeneration(config)
     counts = model.parameter_counts()
     if args.json:
         print(json.dumps(counts, indent=2))
@@ -55,6 +56,19 @@ def _cmd_info(args) -> int:
         f"  tokens: {config.vision_grid}² vision grid → {config.dts_grid}² per frame → DTS {config.frames_per_group} frames → 1 "
         f"→ {config.tokens_per_group} per group after {config.pool_size}×{config.pool_size} pool; LLM width {config.hidden_size}"
     )
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from .convert import convert_released
+
+    report = convert_released(args.src, args.out, progress=not args.no_progress)
+    print(f"converted {report.variant} ({report.dtype}, {report.num_tensors} tensors) from {args.src}")
+    for key, reason in report.dropped:
+        print(f"  dropped {key}: {reason}")
+    if report.tied_lm_head:
+        print("  lm_head tied to the input embeddings (absent from the checkpoint)")
+    print(f"wrote {report.dst}")
     return 0
 
 
@@ -110,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--freeze-vision", action="store_true")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
+    c = sub.add_parser("convert", help="convert a released Video-XL-Pro / Video-XL-2 folder into a vxlp folder")
+    c.add_argument("--from", dest="source", choices=("released",), required=True, help="source format")
+    c.add_argument("src", help="the released checkpoint folder (config.json, weights, tokenizer files)")
+    c.add_argument("--out", required=True, help="output folder (must not exist; written atomically)")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_cmd_convert)
+    try:
+        from .eval.score_cli import add_score_parser
+    except ImportError:  # pragma: no cover - the scorers ship with the package
+        add_score_parser = None
+    if add_score_parser is not None:
+        add_score_parser(sub)
     i = sub.add_parser("info", help="parameter count per component (built on the meta device)")
     i.add_argument("--config", choices=("real", "tiny"), default="real")
     i.add_argument("--json", action="store_true")
@@ -121,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"vxlp {args.command}: error: {e}", file=sys.stderr)
         return 2
 
