@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
@@ -76,6 +76,16 @@ class VideoXLProCausalLMOutputWithPast(CausalLMOutputWithPast):
     labels: torch.Tensor | None = None
     selection: list | None = None
     selector_distill_loss: torch.Tensor | None = None
+
+
+@dataclass
+class VideoXLProReCoTOutput(ModelOutput):
+    """ReCoT pre-training step (SPEC §3): ``loss`` (optimised), ``recon_loss``, ``score_loss``, ``mask_fraction``."""
+
+    loss: torch.Tensor | None = None
+    recon_loss: torch.Tensor | None = None
+    score_loss: torch.Tensor | None = None
+    mask_fraction: torch.Tensor | None = None
 
 
 class VideoXLProPreTrainedModel(PreTrainedModel):
@@ -571,6 +581,7 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         return self.model.encode_video(pixel_chunks, chunk_frames)
 
     def recot_loss(self, pixel_values, **kwargs):
+        """:meth:`VideoXLProModel.recot_loss` (outside FSDP; under FSDP2 call ``forward(recot_pixel_values=...)``)."""
         return self.model.recot_loss(pixel_values, **kwargs)
 
     def forward(
@@ -591,8 +602,10 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         selector_budget: int | None = None,
         selector_keep_ratio: float | None = None,
         selector_distill_temperature: float | None = None,
+        recot_pixel_values: torch.Tensor | None = None,
+        recot_options: dict | None = None,
         **kwargs,
-    ) -> VideoXLProCausalLMOutputWithPast:
+    ) -> VideoXLProCausalLMOutputWithPast | VideoXLProReCoTOutput:
         """Causal-LM forward (see :meth:`VideoXLProModel.forward` for the inputs).
 
         ``loss``: mean next-token cross-entropy over labelled tokens (labels ≠ -100) of the compacted sequence.
@@ -601,7 +614,15 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         tokens, where the relevance is the attention that the positions predicting labelled tokens pay to each kept
         visual token, averaged over layers and heads, renormalised and detached. It teaches the selector to rank
         tokens as the LLM uses them. The caller weighs it into the loss; nothing here changes any configuration.
+
+        ``recot_pixel_values`` (float ``[4G, 3, S, S]``, ReCoT pre-training, SPEC §3): instead of the LM forward,
+        return :class:`VideoXLProReCoTOutput` from :meth:`VideoXLProModel.recot_loss` (``recot_options``: its
+        keyword arguments ``mask_ratio``, ``pool``, ``score_loss_weight``, ``generator``). Going through ``forward``
+        lets FSDP2 gather the root's parameters as for any other step.
         """
+        if recot_pixel_values is not None:
+            losses = self.model.recot_loss(recot_pixel_values, **(recot_options or {}))
+            return VideoXLProReCoTOutput(**losses)
         if kwargs.pop("past_key_values", None) is not None:
             raise ValueError("pass the cache as `cache` (transformers ≥ 5.24 naming)")
         distill = selector_distill_temperature is not None and labels is not None

@@ -59,10 +59,10 @@ def train_recot(
             start = int(torch.randint(0, n - (t - 1) * stride, (), generator=gen))
             clips.append(video[start : start + (t - 1) * stride + 1 : stride])
         pixels = processor.video_processor.pixel_values(torch.cat(clips)).to(device)
-        out = model.recot_loss(
-            pixels, mask_ratio=mask_ratio, pool=pool, score_loss_weight=score_loss_weight, generator=mask_gen
-        )
-        return out["loss"], {k: v for k, v in out.items() if k != "loss"}
+        # through forward, so FSDP2 gathers the root's parameters as in any other step
+        opts = {"mask_ratio": mask_ratio, "pool": pool, "score_loss_weight": score_loss_weight, "generator": mask_gen}
+        out = model(recot_pixel_values=pixels, recot_options=opts)
+        return out.loss, {"recon_loss": out.recon_loss, "score_loss": out.score_loss, "mask_fraction": out.mask_fraction}
 
     return train_loop(params, loss_fn, steps, lr, desc="ReCoT", progress=progress)
 
