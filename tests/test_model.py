@@ -94,7 +94,7 @@ def test_chat_template_prompt_layout_and_token_types(tok):
     pad = "<|vision_pad|>" * cfg.tokens_per_group
     assert tok.decode(ids) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        f"Time 0000.0s:{pad}Time 0006.0s:{pad}Time 0012.0s:{pad}"
+        f"Time 00:00:00.0:{pad}Time 00:00:06.0:{pad}Time 00:00:12.0:{pad}"
         "\nWhat colour?<|im_end|>\n<|im_start|>assistant\n"
     )
     assert b["video_num_frames"].tolist() == [12] and b["pixel_values_videos"].shape == (12, 3, 32, 32)
@@ -123,15 +123,25 @@ def test_labels_cover_every_assistant_turn(tok):
 
 
 def test_time_text_token_count_is_fixed_and_bounded(tok):
+    from vxlp_model.processing import RELEASED_TIME_FORMAT, format_time
+
     cfg = _cfg(tok)
     proc = _proc(tok, cfg)
     g = torch.Generator().manual_seed(0)
-    times = [0.0, 0.05, 9.95, 59.9, 3599.5, 9999.9] + (torch.rand(200, generator=g) * 9999.9).tolist()
+    # the default time text keeps one token count from 0 to 99:59:59.9 (day-long video and beyond)
+    times = [0.0, 0.05, 9.95, 59.95, 3599.95, 9999.9, 86399.9, 359999.9] + (torch.rand(300, generator=g) * 359999.9).tolist()
     assert len({len(proc.time_ids(t)) for t in times}) == 1
-    with pytest.raises(ValueError, match="9999.9"):
-        proc.time_ids(10000.0)
+    assert format_time(proc.time_format, 3723.44) == "Time 01:02:03.4:"
+    assert format_time(proc.time_format, 59.96) == "Time 00:01:00.0:"  # rounded to a tenth first: never ":60.0"
+    assert format_time(proc.time_format, 86399.9) == "Time 23:59:59.9:"
+    with pytest.raises(ValueError, match="359999.9"):
+        proc.time_ids(360000.0)
     with pytest.raises(ValueError, match="timestamp"):
         proc.time_ids(-1.0)
+    released = _proc(tok, cfg, time_format=RELEASED_TIME_FORMAT)
+    assert len({len(released.time_ids(t)) for t in [0.0, 7.5, 123.4, 9999.9]}) == 1
+    with pytest.raises(ValueError, match="9999.9"):
+        released.time_ids(10000.0)
     free = _proc(tok, cfg, time_format="Time {t:.1f}s:")  # Video-XL-2's unpadded text: any length
     assert len(free.time_ids(12345.6)) > len(free.time_ids(1.0))
     none = _proc(tok, cfg, time_format="")
@@ -158,7 +168,7 @@ def test_processor_bad_inputs(tok):
         _proc(tok, cfg, video_token="<|nope|>")
     # fps gives frame i the time i / fps
     b = proc(text=prompt, videos=_frames(8), fps=2.0)
-    assert "Time 0002.0s:" in tok.decode(b["input_ids"][0])
+    assert "Time 00:00:02.0:" in tok.decode(b["input_ids"][0])
 
 
 def test_generate_is_generation_mixins_and_matches_a_recomputed_greedy_loop(tok):
@@ -192,6 +202,31 @@ def test_generate_is_generation_mixins_and_matches_a_recomputed_greedy_loop(tok)
     assert beams.shape[0] == 4
 
 
+def test_batch_generation_equals_one_by_one(tok):
+    """Ragged videos and questions in one batch: the selector shortens each sample differently, and every answer
+    equals the one of the same sample alone."""
+    torch.manual_seed(11)
+    cfg = _cfg(tok, selector_budget=48)
+    model = VideoXLProForConditionalGeneration(cfg).eval()
+    proc = _proc(tok, cfg)
+    questions = ["What colour?", "red blue green What colour is it?", "blue?"]
+    lengths = [13, 6, 22]
+    videos = [_frames(n, seed=20 + i) for i, n in enumerate(lengths)]
+    stamps = [torch.arange(n) * 0.7 for n in lengths]
+    prompts = [proc.apply_chat_template(conversation(q), add_generation_prompt=True) for q in questions]
+    batch = proc(text=prompts, videos=videos, video_timestamps=stamps)
+    out = model.generate(**batch, max_new_tokens=6, min_new_tokens=6)
+    new = out[:, batch["input_ids"].shape[1] :]
+    for i in range(3):
+        one = proc(text=prompts[i], videos=videos[i], video_timestamps=stamps[i])
+        alone = model.generate(**one, max_new_tokens=6, min_new_tokens=6)[0, one["input_ids"].shape[1] :]
+        assert torch.equal(alone, new[i]), i
+    with torch.no_grad():  # the compacted lengths differ, and the compacted batch is left-padded
+        spliced = model(**batch)
+    lens = spliced.attention_mask.sum(1)
+    assert len(set(lens.tolist())) > 1 and bool(spliced.attention_mask[:, -1].all())
+
+
 def test_inference_touches_no_global_rng(tok):
     torch.manual_seed(2)
     cfg = _cfg(tok, selector_mode="ratio", selector_keep_ratio=0.7)
@@ -206,23 +241,31 @@ def test_inference_touches_no_global_rng(tok):
 
 def test_selector_arguments_are_per_call_with_config_defaults(tok):
     torch.manual_seed(3)
-    cfg = _cfg(tok, selector_budget=16)
+    cfg = _cfg(tok, selector_budget=48)
     model = VideoXLProForConditionalGeneration(cfg).eval()
-    batch = _inputs(_proc(tok, cfg), [16])  # 4 groups × 9 = 36 visual tokens
-    n_vis = 36
+    proc = _proc(tok, cfg)
+    batch = _inputs(proc, [16])  # 4 groups × 9 = 36 visual tokens, each group with its time text
+    n_vis, n_time = 36, len(proc.time_ids(0.0))
+    full_len = batch["input_ids"].shape[1]
 
     def kept(**kw):
         with torch.no_grad():
             out = model(**batch, **kw)
-        return out.selection[0]["positions"].numel(), out.logits.shape[1]
+        sel = out.selection[0]
+        groups = len(set((sel["kept_visual"] // cfg.tokens_per_group).tolist()))
+        n_kept = sel["positions"].numel()
+        # time text travels with the groups that keep visual tokens; the sequence shrinks accordingly
+        assert out.logits.shape[1] == full_len - n_vis - 4 * n_time + n_kept + groups * n_time
+        return n_kept, groups
 
-    full_len = batch["input_ids"].shape[1]
-    assert kept() == (16, full_len - n_vis + 16)
-    assert kept(selector_budget=32)[0] == 32
-    assert kept(selector_mode="off") == (n_vis, full_len)
+    n_kept, groups = kept()
+    assert n_kept + groups * n_time <= 48 and n_kept >= 1  # the budget counts visual and time tokens
+    n_kept, groups = kept(selector_budget=96)
+    assert n_kept + groups * n_time <= 96 and n_kept > kept()[0]
+    assert kept(selector_mode="off") == (n_vis, 4)
     assert kept(selector_mode="ratio", selector_keep_ratio=0.5)[0] == 18  # vxlp: round(0.5 · 36)
-    model.config.selector_budget = 48  # changing the config after construction takes effect at the next call
-    assert kept()[0] == n_vis
+    model.config.selector_budget = 256  # changing the config after construction takes effect at the next call
+    assert kept() == (n_vis, 4)
     with pytest.raises(ValueError, match="selector_budget"):
         model(**batch, selector_budget=20)
     with pytest.raises(ValueError, match="selector_mode"):
@@ -231,20 +274,71 @@ def test_selector_arguments_are_per_call_with_config_defaults(tok):
         model(**batch, selector_mode="ratio", selector_keep_ratio=1.5)
 
 
+def test_budget_selection_matches_a_python_reference():
+    from vxlp_model.selector import budget_selection
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        groups, p = int(torch.randint(1, 30, (1,), generator=g)), int(torch.randint(1, 6, (1,), generator=g))
+        scores = torch.rand(groups * p, generator=g).round(decimals=2)  # ties on purpose
+        times = torch.randint(0, 12, (groups,), generator=g)
+        budget = int(times.max()) + 1 + int(torch.randint(0, 60, (1,), generator=g))
+        got = budget_selection(scores, p, times, budget).tolist()
+        order = sorted(range(groups * p), key=lambda i: (-float(scores[i]), i))
+        used, seen, ref = 0, set(), []
+        for i in order:
+            cost = 1 + (0 if i // p in seen else int(times[i // p]))
+            if used + cost > budget:
+                break
+            used += cost
+            seen.add(i // p)
+            ref.append(i)
+        assert got == sorted(ref or order[:1]), trial
+    with pytest.raises(ValueError, match="cannot hold one group"):
+        budget_selection(torch.rand(8), 4, torch.tensor([10, 10]), 10)
+
+
 def test_selector_keeps_top_scores_in_temporal_order(tok):
     torch.manual_seed(4)
-    cfg = _cfg(tok, selector_budget=16)
+    cfg = _cfg(tok, selector_mode="ratio", selector_keep_ratio=0.4)
     model = VideoXLProForConditionalGeneration(cfg).eval()
-    batch = _inputs(_proc(tok, cfg), [20])
+    proc = _proc(tok, cfg)
+    batch = _inputs(proc, [20])  # 5 groups × 9 = 45 visual tokens
     with torch.no_grad():
         out = model(**batch)
     sel = out.selection[0]
     kept = sel["kept_visual"].tolist()
-    assert kept == sorted(kept) and len(kept) == 16
-    # the kept positions hold the visual tokens in order and every time-text token stays
+    assert kept == sorted(kept) and len(kept) == 18  # round(0.4 · 45)
+    # the kept visual tokens carry the 18 best scores; min-max normalised scores span [0, 1]
+    assert float(sel["scores"].min()) >= 0.0 and float(sel["scores"].max()) <= 1.0
     types = batch["token_type_ids"][0]
-    n_time = int((types == TIME).sum())
-    assert out.logits.shape[1] == int((types != VIDEO).sum()) + 16 and n_time == 5 * len(_proc(tok, cfg).time_ids(0.0))
+    n_time = len(proc.time_ids(0.0))
+    groups = len(set(k // cfg.tokens_per_group for k in kept))
+    assert out.logits.shape[1] == int((types != VIDEO).sum()) - (5 - groups) * n_time + 18
+    # the kept positions hold the kept visual tokens, each right after its group's time text or another kept token
+    ids = batch["input_ids"][0]
+    assert int((types == TIME).sum()) == 5 * n_time and int((ids == cfg.video_token_id).sum()) == 45
+
+
+@pytest.mark.parametrize("impl", ["vxlp", "released_v2", "released_v1"])
+@pytest.mark.parametrize("mode", ["budget", "ratio"])
+def test_chunked_scoring_equals_the_fused_op(tok, impl, mode):
+    """Long videos are scored chunk by chunk; the result equals scoring the whole video at once."""
+    torch.manual_seed(12)
+    cfg = _cfg(tok, selector_impl=impl)
+    sel = VideoXLProForConditionalGeneration(cfg).eval().model.selector
+    g, p, d = 23, cfg.tokens_per_group, cfg.hidden_size
+    visual = torch.randn(g, p, d)
+    time_group = torch.arange(g).repeat_interleave(3)
+    time_rows = torch.randn(time_group.shape[0], d)
+    text = torch.randn(5, d)
+    with torch.no_grad():
+        whole = sel(visual, time_rows, time_group, text, mode, 64, 0.6)
+        chunked = sel(visual, time_rows, time_group, text, mode, 64, 0.6, chunk_tokens=2 * p)
+    assert torch.equal(whole.kept_visual, chunked.kept_visual)
+    assert torch.allclose(whole.scores, chunked.scores, atol=1e-5)
+    assert torch.allclose(whole.visual_rows, chunked.visual_rows, atol=1e-5)
+    assert torch.equal(whole.kept_time, chunked.kept_time) and torch.allclose(whole.time_rows, chunked.time_rows)
 
 
 def test_keep_count_rules():

@@ -70,8 +70,9 @@ class VideoXLProConfig(PreTrainedConfig):
     - ``"none"``: no selector at all (Video-XL-2): every visual token reaches the LLM.
 
     Inference defaults, each overridable per call: ``selector_mode`` (``off`` | ``ratio`` | ``budget``),
-    ``selector_budget`` (visual tokens kept in budget mode, a multiple of 16), ``selector_keep_ratio`` (keep ratio
-    in ratio mode). ``selector_num_heads`` (4) heads of the selector's window attention.
+    ``selector_budget`` (budget mode, a multiple of 16: for ``vxlp`` every token of the video block that reaches the
+    LLM — visual tokens and the time text of their groups —, for the released implementations the visual tokens),
+    ``selector_keep_ratio`` (keep ratio in ratio mode). ``selector_num_heads`` (4) heads of the selector's window attention.
 
     Prompt splice: ``video_token_id`` (151654 ``<|vision_pad|>``: the visual placeholder). Encoding:
     ``chunk_frames`` frames go through vision + DTS at a time (a multiple of ``frames_per_group``).

@@ -297,7 +297,7 @@ def convert_released(src: str, dst: str, *, progress: bool = False) -> Conversio
     from transformers import AutoTokenizer, GenerationConfig, PretrainedConfig
 
     from .modeling import VideoXLProForConditionalGeneration
-    from .processing import VideoXLProProcessor, VideoXLProVideoProcessor
+    from .processing import RELEASED_TIME_FORMAT, VideoXLProProcessor, VideoXLProVideoProcessor
 
     src = os.path.abspath(os.fspath(src))
     dst = os.path.abspath(os.fspath(dst))
@@ -393,7 +393,7 @@ def convert_released(src: str, dst: str, *, progress: bool = False) -> Conversio
             video_processor,
             tokenizer,
             tokens_per_group=config.tokens_per_group,
-            time_format="Time {t:.1f}s:" if variant == "video-xl-2" else "Time {t:06.1f}s:",
+            time_format="Time {t:.1f}s:" if variant == "video-xl-2" else RELEASED_TIME_FORMAT,
         )
         processor.save_pretrained(tmp)
         with open(os.path.join(tmp, "vxlp_conversion.json"), "w") as f:

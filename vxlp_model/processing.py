@@ -7,7 +7,7 @@ group of ``frames_per_group`` frames, the tokens of ``time_format`` at the group
 ``tokens_per_group`` visual placeholders (``<|vision_pad|>``)::
 
     <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n
-    Time 0000.0s: <|vision_pad|>×144  Time 0004.0s: <|vision_pad|>×144 …
+    Time 00:00:00.0: <|vision_pad|>×144  Time 00:00:04.0: <|vision_pad|>×144 …
     \\n{question}<|im_end|>\\n<|im_start|>assistant\\n
 
 Every position gets a token type (:data:`TEXT`, :data:`QUERY` = the user's text, :data:`TIME`, :data:`VIDEO`,
@@ -33,8 +33,10 @@ from transformers.video_processing_utils import VideoProcessorMixin
 TEXT, QUERY, TIME, VIDEO, ANSWER = 0, 1, 2, 3, 4
 IGNORE_INDEX = -100
 VIDEO_MARKER = "<video>"
-DEFAULT_TIME_FORMAT = "Time {t:06.1f}s:"
-MAX_TIME_SECONDS = 9999.9  # DEFAULT_TIME_FORMAT keeps a fixed width (and token count) up to here
+RELEASED_TIME_FORMAT = "Time {t:06.1f}s:"  # the released Video-XL-Pro's (RELEASED.md §4): fixed width up to 9999.9 s
+DEFAULT_TIME_FORMAT = "Time {h:02d}:{m:02d}:{s:04.1f}:"  # vxlp's: fixed width (and token count) up to 99:59:59.9
+# the largest timestamp each fixed-width format writes without widening (and so changing its token count)
+FIXED_WIDTH_LIMITS = {RELEASED_TIME_FORMAT: 9999.9, DEFAULT_TIME_FORMAT: 359999.9}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_pad|>")
 RESAMPLE_MODES = ("bilinear", "pil_bicubic")
@@ -58,6 +60,20 @@ CHAT_TEMPLATE = (
 )
 
 _SPLIT = re.compile(r"(<\|im_start\|>(?:system|user|assistant)\n|<\|im_end\|>|<video>)")
+
+
+def format_time(time_format: str, t: float) -> str:
+    """The time text of a group starting at ``t`` seconds.
+
+    ``time_format`` is a ``str.format`` template over ``t`` (seconds, float) and ``h``, ``m``, ``s`` (hours, minutes
+    (int) and seconds (float) of ``t`` rounded to a tenth of a second, so ``s`` never shows 60.0): e.g.
+    :data:`DEFAULT_TIME_FORMAT` ``"Time {h:02d}:{m:02d}:{s:04.1f}:"`` → ``"Time 01:02:03.4:"``, the released
+    ``"Time {t:06.1f}s:"`` → ``"Time 3723.4s:"``.
+    """
+    tenths = int(round(t * 10))
+    h, rest = divmod(tenths, 36000)
+    m, tenth_s = divmod(rest, 600)
+    return time_format.format(t=t, h=h, m=m, s=tenth_s / 10)
 
 
 def conversation(question: str, answer: str | None = None, *, video: bool = True) -> list[dict]:
@@ -142,11 +158,12 @@ class VideoXLProVideoProcessor(VideoProcessorMixin):
         pixels, counts, _ = self.prepare(videos, video_timestamps=video_timestamps, fps=fps, video_metadata=video_metadata)
         return BatchFeature({"pixel_values_videos": pixels, "video_num_frames": counts}, tensor_type=return_tensors)
 
-    def prepare(self, videos, video_timestamps=None, fps=None, video_metadata=None):
+    def prepare(self, videos, video_timestamps=None, fps=None, video_metadata=None, return_pixel_values: bool = True):
         """Decode (paths), pad, resize and normalise.
 
         Returns ``(pixel_values_videos float32 [ΣN_v, 3, S, S], video_num_frames int64 [V], group_starts)`` where
-        ``group_starts[v]`` lists each group's first timestamp (seconds).
+        ``group_starts[v]`` lists each group's first timestamp (seconds). With ``return_pixel_values=False`` the
+        pixels are not computed (None): the layout alone, for videos whose visual tokens are already encoded.
 
         Timestamps come, in this order, from ``video_timestamps`` (one sequence per video), the decoder (paths),
         ``video_metadata`` (``frames_indices / fps``), or ``fps`` (frame i at ``i / fps`` s). A frame array with none
@@ -195,26 +212,32 @@ class VideoXLProVideoProcessor(VideoProcessorMixin):
                 frames = torch.cat([frames, frames[-1:].expand(rest, *frames.shape[1:])])
                 ts = ts + [ts[-1]] * rest
             starts.append(group_start_times(ts, self.frames_per_group))
-            pixels.append(self.pixel_values(frames))
+            if return_pixel_values:
+                pixels.append(self.pixel_values(frames))
             counts.append(frames.shape[0])
-        return torch.cat(pixels), torch.tensor(counts, dtype=torch.long), starts
+        return (torch.cat(pixels) if return_pixel_values else None), torch.tensor(counts, dtype=torch.long), starts
 
     def pixel_values(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[N, H, W, 3]`` → normalised float32 ``[N, 3, size, size]`` (see ``resample``)."""
+        """uint8 ``[N, H, W, 3]`` → normalised float32 ``[N, 3, size, size]`` (see ``resample``).
+
+        Values are the float32 rounding of ``(x / 255 − mean) / std`` computed in float64 (a 256-entry table per
+        channel when no float resize is involved).
+        """
         frames = _as_frames(frames, 0)
         s = self.size
-        if self.resample == "pil_bicubic":
+        if self.resample == "pil_bicubic" and frames.shape[1:3] != (s, s):
             from PIL import Image
 
-            arr = frames.cpu().numpy()
-            if arr.shape[1:3] != (s, s):
-                arr = np.stack([np.asarray(Image.fromarray(f).resize((s, s), Image.BICUBIC)) for f in arr])
-            x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).to(torch.float64) / 255.0
-        else:
-            x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-            if x.shape[-2:] != (s, s):
-                x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-            x = x.to(torch.float64)
+            arr = np.stack([np.asarray(Image.fromarray(f).resize((s, s), Image.BICUBIC)) for f in frames.cpu().numpy()])
+            frames = torch.from_numpy(np.ascontiguousarray(arr))
+        if frames.shape[1:3] == (s, s):
+            # uint8 in, no float resize: an exact per-channel lookup table
+            table = (torch.arange(256, dtype=torch.float64)[None, :] / 255.0 - torch.tensor(self.image_mean, dtype=torch.float64)[:, None])
+            table = (table / torch.tensor(self.image_std, dtype=torch.float64)[:, None]).to(torch.float32)  # [3, 256]
+            idx = frames.permute(0, 3, 1, 2).to(torch.long)  # [N, 3, s, s]
+            return torch.stack([table[c][idx[:, c]] for c in range(3)], dim=1)
+        x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True).to(torch.float64)
         mean = torch.tensor(self.image_mean, dtype=torch.float64)[None, :, None, None]
         std = torch.tensor(self.image_std, dtype=torch.float64)[None, :, None, None]
         return ((x - mean) / std).to(torch.float32)
@@ -228,7 +251,9 @@ class VideoXLProProcessor(ProcessorMixin):
         tokenizer: a Qwen2 tokenizer holding ``<|im_start|>``, ``<|im_end|>`` and ``video_token``.
         chat_template: Jinja template (default: ChatML with the released system prompt, :data:`CHAT_TEMPLATE`).
         tokens_per_group: visual placeholders per group (144 for the real model).
-        time_format: the time text before each group (``"Time {t:06.1f}s:"``; Video-XL-2: ``"Time {t}s:"``; ``""``
+        time_format: the time text before each group, see :func:`format_time` (default
+            :data:`DEFAULT_TIME_FORMAT`, ``"Time 01:02:03.4:"``, one token count for every time up to 99:59:59.9 —
+            day-long video; the released Video-XL-Pro: ``"Time {t:06.1f}s:"``; Video-XL-2: ``"Time {t:.1f}s:"``; ``""``
             for none, as the paper-era model).
         video_token: the visual placeholder token (``<|vision_pad|>`` = 151654 in Qwen2.5).
 
@@ -259,7 +284,7 @@ class VideoXLProProcessor(ProcessorMixin):
         self.video_token_id = ids[0]
         self.im_end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if time_format:
-            time_format.format(t=0.0)  # raises on a malformed format
+            format_time(time_format, 0.0)  # raises on a malformed format
         self._time_cache: dict[float, list[int]] = {}
 
     @property
@@ -269,17 +294,21 @@ class VideoXLProProcessor(ProcessorMixin):
     def time_ids(self, t: float) -> list[int]:
         """Token ids of ``time_format`` at ``t`` seconds (empty for an empty format).
 
-        With the default fixed-width format the count is the same for every ``0 ≤ t ≤ 9999.9``; beyond it the text
-        widens, so it raises ``ValueError`` there (as for a negative or non-finite t).
+        A fixed-width format (:data:`FIXED_WIDTH_LIMITS`: the default up to 359,999.9 s, the released one up to
+        9,999.9 s) keeps one token count over its range; beyond it the text would widen, so it raises ``ValueError``
+        there (as for a negative or non-finite t).
         """
         if not self.time_format:
             return []
         if not math.isfinite(t) or t < 0:
             raise ValueError(f"timestamp must be finite and >= 0 s, got {t}")
-        if self.time_format == DEFAULT_TIME_FORMAT and t > MAX_TIME_SECONDS:
-            raise ValueError(f"timestamp {t} s exceeds {MAX_TIME_SECONDS} s, the range of the fixed-width time text {self.time_format!r}")
+        limit = FIXED_WIDTH_LIMITS.get(self.time_format)
+        if limit is not None and round(t, 1) > limit:
+            raise ValueError(f"timestamp {t} s exceeds {limit} s, the range of the fixed-width time text {self.time_format!r}")
         if t not in self._time_cache:
-            self._time_cache[t] = self.tokenizer.encode(self.time_format.format(t=t), add_special_tokens=False)
+            if len(self._time_cache) > 100_000:
+                self._time_cache.clear()
+            self._time_cache[t] = self.tokenizer.encode(format_time(self.time_format, t), add_special_tokens=False)
         return list(self._time_cache[t])
 
     def video_block(self, group_starts: Sequence[float]) -> tuple[list[int], list[int]]:
@@ -338,6 +367,7 @@ class VideoXLProProcessor(ProcessorMixin):
         return_labels: bool = False,
         padding_side: str | None = None,
         return_tensors="pt",
+        return_pixel_values: bool = True,
         **kwargs,
     ) -> BatchFeature:
         """Tokenise prompts and process their videos.
@@ -349,6 +379,8 @@ class VideoXLProProcessor(ProcessorMixin):
             video_timestamps / fps / video_metadata: the frames' times (see :meth:`VideoXLProVideoProcessor.prepare`).
             return_labels: also return ``labels`` (ANSWER tokens, -100 elsewhere).
             padding_side: ``"left"`` (default, as generation needs) or ``"right"``.
+            return_pixel_values: False skips the pixels (``video_num_frames`` and the prompt layout only), for
+                videos whose visual tokens are passed as ``video_embeds``.
 
         Returns:
             ``BatchFeature`` with ``input_ids``, ``attention_mask``, ``token_type_ids`` int64 ``[B, L]``
@@ -372,11 +404,32 @@ class VideoXLProProcessor(ProcessorMixin):
         starts = []
         if videos is not None:
             pixels, counts, starts = self.video_processor.prepare(
-                videos, video_timestamps=video_timestamps, fps=fps, video_metadata=video_metadata
+                videos, video_timestamps=video_timestamps, fps=fps, video_metadata=video_metadata,
+                return_pixel_values=return_pixel_values,
             )
-            out["pixel_values_videos"] = pixels
+            if pixels is not None:
+                out["pixel_values_videos"] = pixels
             out["video_num_frames"] = counts
-        starts_iter = iter(starts)
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
+        out.update(self.encode_prompts(texts, starts, return_labels=return_labels, padding_side=side))
+        return BatchFeature(out)
+
+    def encode_prompts(
+        self, texts, video_group_starts, return_labels: bool = False, padding_side: str = "left"
+    ) -> dict[str, torch.Tensor]:
+        """Tokenise rendered prompts whose ``<video>`` markers take videos with the given group start times.
+
+        The text side of :meth:`__call__`, for videos already encoded (e.g. ``model.encode_video`` or an encoding
+        cache): ``video_group_starts[v]`` are the start times (s) of video v's groups, in marker order.
+
+        Returns ``input_ids``, ``attention_mask``, ``token_type_ids`` (+ ``labels``) int64 ``[B, L]``, padded on
+        ``padding_side``. Raises ``ValueError`` when markers and videos do not pair up.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        starts_iter = iter(video_group_starts)
         encoded = [self.tokenize_prompt(t, starts_iter) for t in texts]
         if next(starts_iter, None) is not None:
             raise ValueError("more videos were given than the text has <video> markers")
@@ -388,12 +441,9 @@ class VideoXLProProcessor(ProcessorMixin):
             labels = [i if t == ANSWER else IGNORE_INDEX for i, t in zip(ids, types)]
             rows = {"input_ids": (ids, pad_id), "attention_mask": ([1] * len(ids), 0), "token_type_ids": (types, TEXT), "labels": (labels, IGNORE_INDEX)}
             for key, (vals, fill) in rows.items():
-                cols[key].append([fill] * n + vals if side == "left" else vals + [fill] * n)
-        for key in ("input_ids", "attention_mask", "token_type_ids") + (("labels",) if return_labels else ()):
-            out[key] = torch.tensor(cols[key], dtype=torch.long)
-        if return_tensors not in ("pt", None):
-            raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
-        return BatchFeature(out)
+                cols[key].append([fill] * n + vals if padding_side == "left" else vals + [fill] * n)
+        keys = ("input_ids", "attention_mask", "token_type_ids") + (("labels",) if return_labels else ())
+        return {key: torch.tensor(cols[key], dtype=torch.long) for key in keys}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

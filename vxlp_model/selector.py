@@ -5,7 +5,8 @@ architecture setting: it decides which parameters exist):
 
 - ``"vxlp"`` (our design): each group's visual tokens attend over that group's time-text tokens
   (``time_attn``, ``nn.MultiheadAttention``, with a residual); the query is the user's text only; the scorer
-  reads detached tokens; no rotary embedding on the inputs.
+  reads detached tokens; no rotary embedding on the inputs. Time text travels with the groups whose visual tokens
+  are kept, and the ``budget`` mode counts it, so the video block fits the budget at any length.
 - ``"released_v2"`` (Video-XL-Pro-3B as released): ``time_attn`` is the released WindowTimeToTokenAttention
   (values are the projected time rows, no residual); the query is every prompt token outside the video block;
   RoPE on the whole video block's embeddings, then the score is added to the visual rows.
@@ -28,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import vxlp_ops
+from vxlp_ops.reference.sgm import min_max
 
 ROPE_BASE = 1_000_000.0  # RELEASED.md §4: angle p · 1e6^(−2i/d)
 
@@ -36,7 +38,8 @@ def keep_count(num_visual: int, impl: str, mode: str, budget: int, keep_ratio: f
     """Visual tokens kept out of ``num_visual`` (SPEC §4; RELEASED.md §4).
 
     - ``off``: all of them.
-    - ``budget``: ``min(N, budget)``.
+    - ``budget``: ``min(N, budget)`` (released implementations; ``vxlp`` counts time text too, see
+      :func:`budget_selection`).
     - ``ratio``: ``int(N·r)`` (released implementations) or ``round(N·r)`` (``vxlp``).
 
     The released implementations then round down to a multiple of 16 (``k −= k mod 16``). Where that leaves
@@ -114,26 +117,61 @@ class ReleasedTimeAttention(nn.Module):
 
 @dataclass
 class Selection:
-    """The selector's result for one sample's video block.
+    """The selector's result for one video block (G groups; per group its time-text rows, then P visual rows).
 
-    ``block``: ``[L_b, d]`` rows to place in the LLM input (RoPE'd / score-injected where the implementation does
-    so; untouched otherwise); ``keep``: bool ``[L_b]`` rows kept (time rows always, visual rows per the selection);
-    ``scores``: float ``[N]`` score of every visual token (None when the selector is off or absent) — it carries the
-    gradient to the selector's parameters in training; ``kept_visual``: int64 ``[K]`` indices of the kept visual
-    tokens among the N, ascending.
+    ``kept_visual``: int64 ``[K]`` indices of the kept visual tokens among the N = G·P, ascending;
+    ``visual_rows``: ``[K, d]`` those tokens as they enter the LLM (RoPE'd and / or score-injected where the
+    implementation does so); ``kept_time``: bool ``[R]`` which time-text rows stay; ``time_rows``: ``[R_kept, d]``
+    those rows as they enter the LLM; ``visual_pos`` / ``time_pos``: int64 positions of the kept rows in the
+    uncompacted block (to put them in order); ``scores``: float ``[N]`` every visual token's score (None when the
+    selector is off or absent) — in training it carries the gradient to the selector's parameters.
     """
 
-    block: torch.Tensor
-    keep: torch.Tensor
-    scores: torch.Tensor | None
     kept_visual: torch.Tensor
+    visual_rows: torch.Tensor
+    kept_time: torch.Tensor
+    time_rows: torch.Tensor
+    visual_pos: torch.Tensor
+    time_pos: torch.Tensor
+    scores: torch.Tensor | None
+
+
+def block_layout(time_group: torch.Tensor, num_groups: int, tokens_per_group: int):
+    """Row positions in the uncompacted block: ``(time_pos [R], visual_pos [G·P])`` for per-group time rows (of
+    groups ``time_group``, nondecreasing) followed by the group's P visual rows."""
+    dev = time_group.device
+    n_time = torch.bincount(time_group, minlength=num_groups)
+    size = n_time + tokens_per_group
+    offsets = torch.cumsum(size, 0) - size
+    first_time = torch.cumsum(n_time, 0) - n_time
+    local = torch.arange(time_group.shape[0], device=dev) - first_time[time_group]
+    time_pos = offsets[time_group] + local
+    visual_pos = ((offsets + n_time)[:, None] + torch.arange(tokens_per_group, device=dev)[None, :]).reshape(-1)
+    return time_pos, visual_pos
+
+
+def keep_all(visual: torch.Tensor, time_rows: torch.Tensor, time_group: torch.Tensor) -> Selection:
+    """The no-selection result (``selector_impl="none"``, or the ``vxlp`` selector off)."""
+    g, p, d = visual.shape
+    time_pos, visual_pos = block_layout(time_group, g, p)
+    n = g * p
+    return Selection(
+        torch.arange(n, device=time_pos.device), visual.reshape(n, d), torch.ones(time_rows.shape[0], dtype=torch.bool, device=time_pos.device),
+        time_rows, visual_pos, time_pos, None,
+    )
 
 
 class QueryAwareSelector(nn.Module):
-    """Scores the visual tokens of a video block against the text and keeps the top k in temporal order.
+    """Scores the visual tokens of a video block against the text and keeps the best, in temporal order.
 
     Parameters by implementation: ``text_mlp`` (Linear(d, d)·GELU, all); ``time_attn`` (``vxlp``:
     ``nn.MultiheadAttention(d, heads)``; ``released_v2``: :class:`ReleasedTimeAttention`; ``released_v1``: none).
+
+    Long videos are scored chunk by chunk (``chunk_tokens`` visual tokens at a time): only the N raw scores and
+    the kept tokens are ever held beside the visual tokens themselves, which may stay in host memory (each chunk is
+    moved to the selector's device). A video that fits one chunk goes through the fused
+    :func:`vxlp_ops.query_topk_gather`; longer ones compute the same scores (``mean_l probe·text_l``, min-max over
+    the whole video) chunk by chunk.
     """
 
     def __init__(self, config):
@@ -148,98 +186,132 @@ class QueryAwareSelector(nn.Module):
         elif self.impl == "released_v2":
             self.time_attn = ReleasedTimeAttention(d, config.selector_num_heads)
 
+    def _probe(self, visual: torch.Tensor, time_rows: torch.Tensor, time_mask: torch.Tensor) -> torch.Tensor:
+        """Scoring vectors of ``visual`` ``[g, P, d]`` given each group's padded time rows ``[g, n, d]``."""
+        if self.impl == "released_v1":
+            return visual
+        if self.impl == "released_v2":
+            if time_rows.shape[1] == 0 or not bool(time_mask.any(1).all()):
+                raise ValueError("selector_impl 'released_v2' needs time-text rows before every group's visual tokens")
+            return self.time_attn(visual, time_rows, time_mask)
+        # vxlp: the scorer reads detached tokens: its gradients (score injection, relevance distillation) train the
+        # selector's own parameters and never pull the visual or text representations towards it.
+        vis = visual.detach()
+        if time_rows.shape[1] == 0:
+            return vis
+        attn, _ = self.time_attn(vis, time_rows.detach(), time_rows.detach(), key_padding_mask=~time_mask, need_weights=False)
+        return vis + torch.nan_to_num(attn)  # a group without time rows adds nothing
+
     def forward(
         self,
-        block: torch.Tensor,
-        is_visual: torch.Tensor,
-        tokens_per_group: int,
+        visual: torch.Tensor,
+        time_rows: torch.Tensor,
+        time_group: torch.Tensor,
         text: torch.Tensor,
         mode: str,
         budget: int,
         keep_ratio: float,
+        chunk_tokens: int = 1 << 16,
     ) -> Selection:
-        """Select within one sample's video block.
+        """Select within one video block.
 
         Args:
-            block: ``[L_b, d]`` embeddings of the video block in prompt order: per group its time-text rows, then
-                its ``tokens_per_group`` visual rows (already holding the visual tokens).
-            is_visual: bool ``[L_b]``, True on visual rows (the N = G·P of them).
-            tokens_per_group: P (144).
+            visual: ``[G, P, d]`` the video's visual tokens (any device; chunks move to the selector's).
+            time_rows: ``[R, d]`` embeddings of the block's time-text rows; time_group: int64 ``[R]`` the group of
+                each (nondecreasing).
             text: ``[L_t, d]`` embeddings of the query text (``vxlp``: the user's text; released: every prompt
                 token outside the video block, answer excluded), ``L_t ≥ 1`` unless mode is ``off``.
-            mode, budget, keep_ratio: see :func:`keep_count`.
+            mode, budget, keep_ratio: see :func:`keep_count` and :func:`budget_selection`.
+            chunk_tokens: visual tokens scored at a time.
 
         Returns: :class:`Selection`.
 
-        Raises:
-            ValueError: no visual row, a visual count that is not a multiple of P, or an empty text query.
+        Raises: ValueError: an empty text query, shapes that do not match, a budget below one group's cost.
         """
-        vis_pos = is_visual.nonzero().squeeze(-1)
-        n = vis_pos.numel()
-        if n == 0 or n % tokens_per_group:
-            raise ValueError(f"the video block must hold a positive multiple of {tokens_per_group} visual rows, got {n}")
-        g, p, d = n // tokens_per_group, tokens_per_group, block.shape[-1]
-        all_kept = torch.arange(n, device=block.device)
-        keep_rows = torch.ones(block.shape[0], dtype=torch.bool, device=block.device)
+        g, p, d = visual.shape
+        n = g * p
+        dev = self.text_mlp[0].weight.device
+        if n == 0:
+            raise ValueError("the video block holds no visual token")
         if self.impl == "vxlp" and mode == "off":
-            return Selection(block, keep_rows, None, all_kept)
+            return keep_all(visual.to(dev), time_rows, time_group)
         if text.dim() != 2 or text.shape[0] == 0 or text.shape[1] != d:
             raise ValueError(f"the selector's text query must have shape [L_t >= 1, {d}], got {tuple(text.shape)}")
+        time_pos, visual_pos = block_layout(time_group, g, p)
+        query = self.text_mlp((text.detach() if self.impl == "vxlp" else text).to(visual.dtype))
+        rows, mask = _time_rows_per_group(time_rows, time_group, g)
         k = keep_count(n, self.impl, mode, budget, keep_ratio)
-        visual = block[vis_pos]  # [N, d]
-        if self.impl == "released_v1":
-            probe = visual
+        step = max(1, chunk_tokens // p)
+        if g <= step:  # one chunk: the fused op
+            probe = self._probe(visual.to(dev), rows, mask).reshape(n, d)
+            _, idx, scores = vxlp_ops.query_topk_gather(probe[None], query[None], k, inject_scores=False)
+            idx, scores = idx[0], scores[0]
         else:
-            time_rows, time_mask = _time_rows_per_group(block, is_visual, g, p)
-            if self.impl == "vxlp":
-                # The scorer reads detached tokens: its gradients (score injection, relevance distillation) train the
-                # selector's own parameters and never pull the visual or text representations towards it.
-                vis_d = visual.detach().reshape(g, p, d)
-                if time_rows.shape[1] > 0:
-                    te = time_rows.detach()
-                    attn, _ = self.time_attn(vis_d, te, te, key_padding_mask=~time_mask, need_weights=False)
-                    vis_d = vis_d + torch.nan_to_num(attn)  # a group without time rows adds nothing
-                probe = vis_d.reshape(n, d)
-            else:
-                if time_rows.shape[1] == 0 or not bool(time_mask.any(1).all()):
-                    raise ValueError("selector_impl 'released_v2' needs time-text rows before every group's visual tokens")
-                probe = self.time_attn(visual.reshape(g, p, d), time_rows, time_mask).reshape(n, d)
-        query_in = text.detach() if self.impl == "vxlp" else text
-        query = self.text_mlp(query_in.to(probe.dtype))
-        _, idx, scores = vxlp_ops.query_topk_gather(probe[None], query[None], k, inject_scores=False)
-        idx, scores = idx[0], scores[0]
-        out = block
+            qbar = query.float().mean(0)
+            raw = torch.cat(
+                [self._probe(visual[i : i + step].to(dev), rows[i : i + step], mask[i : i + step]).reshape(-1, d).float() @ qbar
+                 for i in range(0, g, step)]
+            )
+            scores = min_max(raw, dim=0)
+            idx = torch.sort(torch.sort(scores.detach(), descending=True, stable=True).indices[:k]).values
+        if self.impl == "vxlp" and mode == "budget":
+            idx = budget_selection(scores.detach(), p, torch.bincount(time_group, minlength=g).to(scores.device), budget)
+        kept = visual.reshape(n, d)[idx.to(visual.device)].to(dev)
         if self.impl == "released_v2":
-            out = rope_interleaved(block, torch.arange(block.shape[0], device=block.device))
+            kept = rope_interleaved(kept, visual_pos[idx])
+            time_out = rope_interleaved(time_rows, time_pos)
         elif self.impl == "released_v1":
-            out = block.clone()
-            out[vis_pos] = rope_interleaved(visual, torch.arange(n, device=block.device))
-        out = out.clone() if out is block else out
-        out[vis_pos] = out[vis_pos] + scores.to(out.dtype)[:, None]
-        keep_rows[vis_pos] = False
-        keep_rows[vis_pos[idx]] = True
-        return Selection(out, keep_rows, scores, idx)
+            kept = rope_interleaved(kept, idx)
+            time_out = time_rows
+        else:
+            time_out = time_rows
+        kept = kept + scores[idx].to(kept.dtype)[:, None]
+        if self.impl == "vxlp":
+            # time text travels with the groups that keep visual tokens (the released code keeps every group's)
+            touched = torch.zeros(g, dtype=torch.bool, device=dev)
+            touched[idx // p] = True
+            kept_time = touched[time_group]
+        else:
+            kept_time = torch.ones(time_rows.shape[0], dtype=torch.bool, device=dev)
+        return Selection(idx, kept, kept_time, time_out[kept_time], visual_pos[idx], time_pos[kept_time], scores)
 
 
-def _time_rows_per_group(block: torch.Tensor, is_visual: torch.Tensor, g: int, p: int):
-    """Each group's time-text rows, padded: ``([G, n_max, d], mask bool [G, n_max])``.
+def budget_selection(scores: torch.Tensor, tokens_per_group: int, time_counts: torch.Tensor, budget: int) -> torch.Tensor:
+    """Visual tokens kept under a budget that counts every token reaching the LLM (vxlp's budget mode).
 
-    A non-visual row belongs to the group whose visual rows follow it (RELEASED.md §4: time text, then the group's
-    visual tokens).
+    Tokens are taken in descending score order (ties → lower index); the first token taken from a group also brings
+    that group's ``time_counts[g]`` time-text tokens. The longest prefix of that order whose cost (visual + time
+    tokens) is ≤ ``budget`` is kept, so the video block never exceeds the budget at any video length.
+
+    Args: scores float ``[N]`` (N = G·P), tokens_per_group P, time_counts int ``[G]``, budget (tokens).
+    Returns: int64 ``[K]`` kept indices, ascending (temporal order), K ≥ 1.
+    Raises: ValueError if the budget cannot hold even one group's time text and one visual token.
     """
-    d = block.shape[-1]
-    vis_before = torch.cumsum(is_visual.long(), 0) - is_visual.long()
-    time_pos = (~is_visual).nonzero().squeeze(-1)
-    group = vis_before[time_pos] // p
-    if time_pos.numel() and int(group.max()) >= g:
-        raise ValueError("the video block has time-text rows after its last group's visual tokens")
-    counts = torch.bincount(group, minlength=g)
-    n_max = int(counts.max()) if time_pos.numel() else 0
-    rows = block.new_zeros((g, n_max, d))
-    mask = torch.zeros((g, n_max), dtype=torch.bool, device=block.device)
+    n = scores.shape[0]
+    need = int(time_counts.max()) + 1 if time_counts.numel() else 1
+    if budget < need:
+        raise ValueError(f"selector_budget ({budget}) cannot hold one group's time text and one visual token ({need} tokens)")
+    order = torch.sort(scores, descending=True, stable=True).indices
+    group = order // tokens_per_group
+    rank = torch.arange(n, device=scores.device)
+    first = torch.full((time_counts.shape[0],), n, dtype=torch.long, device=scores.device)
+    first = first.scatter_reduce(0, group, rank, reduce="amin")
+    cost = 1 + (rank == first[group]).long() * time_counts.to(scores.device)[group]
+    m = int((torch.cumsum(cost, 0) <= budget).sum())
+    return torch.sort(order[: max(m, 1)]).values
+
+
+def _time_rows_per_group(time_rows: torch.Tensor, time_group: torch.Tensor, g: int):
+    """Each group's time-text rows, padded: ``([G, n_max, d], mask bool [G, n_max])``."""
+    d = time_rows.shape[-1]
+    dev = time_rows.device
+    counts = torch.bincount(time_group, minlength=g)
+    n_max = int(counts.max()) if time_group.numel() else 0
+    rows = time_rows.new_zeros((g, n_max, d))
+    mask = torch.zeros((g, n_max), dtype=torch.bool, device=dev)
     if n_max:
         start = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(time_pos.numel(), device=block.device) - start[group]
-        rows[group, slot] = block[time_pos]
-        mask[group, slot] = True
+        slot = torch.arange(time_group.numel(), device=dev) - start[time_group]
+        rows[time_group, slot] = time_rows
+        mask[time_group, slot] = True
     return rows, mask
