@@ -1,1 +1,3 @@
-"""Evaluation protocols (SPEC §7): needle in a video haystack, multiple-choice answer parsing."""
+"""Evaluation (SPEC §7): needle in a video haystack, official benchmark scorers (``vxlp score``), the benchmark
+runner ``vxlp eval`` (annotation readers, resumable sharded answering), the offline VNBench-style generator and
+the lmms-eval plugin. See docs/scoring.md and docs/eval.md."""

@@ -158,3 +158,103 @@ def parse_letter(text: str) -> str | None:
 def tokenizer_words() -> list[str]:
     """Words the demo's tiny tokenizer merges into single tokens."""
     return list(COLOURS) + QUESTION.replace("?", "").split() + ["Best", "option"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The needle grid as ``vxlp eval`` items (resumable, shardable); same samples as ``vxlp_model.demo.evaluate_niah``
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _rebuild_sample(haystack: torch.Tensor, length: int, depth: float, state: torch.Tensor, variant: str, fps: float):
+    from .needle_tasks import make_needle_sample
+
+    gen = torch.Generator()
+    gen.set_state(state)
+    s = make_needle_sample(haystack, length, depth, gen, variant=variant, fps=fps)
+    return s.frames, s.timestamps
+
+
+def niah_items(
+    haystack: torch.Tensor,
+    lengths,
+    depths=DEPTHS,
+    samples_per_cell: int = 20,
+    seed: int = 1000,
+    variant: str = "single",
+    fps: float = 1.0,
+) -> list:
+    """The needle grid as :class:`vxlp_model.eval.benchmarks.EvalItem` s, for :mod:`vxlp_model.eval.runner`.
+
+    The samples are exactly those of ``vxlp_model.demo.evaluate_niah(..., seed=seed, variant=variant, fps=fps)``
+    (built by :func:`vxlp_model.eval.needle_tasks.make_needle_sample`): one generator seeded with ``seed`` draws
+    ``samples_per_cell`` samples per (length, depth) cell, lengths outer, depths inner. Each item keeps the
+    generator state it was drawn from, so its frames (uint8 ``[L', S, S, 3]``, timestamps float64 seconds at
+    ``fps``) are rebuilt on demand, in any order, without holding all videos in memory.
+
+    Item ids ``L<length>-d<depth>-<k>``; category ``L<length>@<depth>``; ``extra`` holds ``length``, ``depth``,
+    ``needle_indices`` and ``variant``. Raises ``ValueError`` for an empty grid, a length below 1, a depth outside
+    [0, 1], ``samples_per_cell < 1`` or an unknown variant.
+    """
+    from functools import partial
+
+    from .benchmarks import EvalItem
+    from .needle_tasks import VARIANTS, make_needle_sample
+
+    lengths = [int(n) for n in lengths]
+    depths = [float(d) for d in depths]
+    if not lengths or not depths:
+        raise ValueError("the needle grid needs at least one length and one depth")
+    if samples_per_cell < 1:
+        raise ValueError(f"samples per cell must be >= 1, got {samples_per_cell}")
+    if any(n < 1 for n in lengths):
+        raise ValueError(f"haystack lengths must be >= 1 frame, got {lengths}")
+    if any(not 0.0 <= d <= 1.0 for d in depths):
+        raise ValueError(f"depths must lie in [0, 1], got {depths}")
+    if variant not in VARIANTS:
+        raise ValueError(f"needle variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    gen = torch.Generator().manual_seed(seed)
+    items = []
+    for length in lengths:
+        for depth in depths:
+            for k in range(samples_per_cell):
+                state = gen.get_state()
+                s = make_needle_sample(haystack, length, depth, gen, variant=variant, fps=fps)
+                items.append(
+                    EvalItem(
+                        id=f"L{length}-d{depth:g}-{k}",
+                        task="niah",
+                        category=f"L{length}@{depth:g}",
+                        question=s.question,
+                        answer=s.answer,
+                        frames=partial(_rebuild_sample, haystack, length, depth, state, variant, fps),
+                        extra={"length": length, "depth": depth, "needle_indices": list(s.needle_indices), "variant": variant},
+                    )
+                )
+    return items
+
+
+def niah_result(records) -> dict:
+    """Per-cell accuracy of needle answers, as ``evaluate_niah`` reports it: ``{"cells": [{length, depth, accuracy,
+    correct, total}], "accuracy": mean over cells, "by_length": {length: mean over depths}}``.
+
+    ``records``: answer records with ``length``, ``depth``, ``pred`` and ``answer`` (as :func:`niah_items`'s
+    items write them). A prediction is correct if :func:`parse_letter` of it equals the answer. Raises ``ValueError`` for no records or a record lacking a
+    field.
+    """
+    cells: dict[tuple[int, float], list[int]] = {}
+    for r in records:
+        missing = [k for k in ("length", "depth", "pred", "answer") if k not in r]
+        if missing:
+            raise ValueError(f"needle record {r.get('id', '?')!r} lacks {', '.join(missing)}")
+        st = cells.setdefault((int(r["length"]), float(r["depth"])), [0, 0])
+        st[0] += int(parse_letter(r["pred"] or "") == r["answer"])
+        st[1] += 1
+    if not cells:
+        raise ValueError("no needle answers to score")
+    out = [
+        {"length": n, "depth": d, "accuracy": c / t, "correct": c, "total": t}
+        for (n, d), (c, t) in sorted(cells.items())
+    ]
+    lengths = sorted({c["length"] for c in out})
+    by_length = {n: sum(c["accuracy"] for c in out if c["length"] == n) / sum(c["length"] == n for c in out) for n in lengths}
+    return {"cells": out, "accuracy": sum(c["accuracy"] for c in out) / len(out), "by_length": by_length}
