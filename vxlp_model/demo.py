@@ -217,7 +217,9 @@ def run_demo(
         # half the offsets anywhere in the time text's range, half in the first hour (where short videos live)
         high = max_time - span if float(torch.rand((), generator=gen)) < 0.5 else 3600.0
         offset = round(float(torch.rand((), generator=gen)) * high, 1)
-        s = make_needle_sample(haystack, length, depth, gen, variant=variant, fps=fps, time_offset=offset)
+        # half the haystacks are consecutive real frames (as every long haystack is), half spread over the clips
+        consecutive = float(torch.rand((), generator=gen)) < 0.5
+        s = make_needle_sample(haystack, length, depth, gen, variant=variant, fps=fps, time_offset=offset, consecutive=consecutive)
         return s.frames, s.timestamps, s.question, s.answer
 
     qa_hist = train_qa(

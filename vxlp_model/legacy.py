@@ -16,7 +16,8 @@ legacy key                                  current key
 ``mm_projector.*``
 =========================================  ==========================================
 
-Dropped: ``vision_tower.model.post_layernorm.*`` and ``vision_tower.model.head.*`` (never used), and the SigLIP layers
+Filled with zeros as well: the selector's ``visual_mlp`` (absent in the legacy layout; its residual output is then
+zero). Dropped: ``vision_tower.model.post_layernorm.*`` and ``vision_tower.model.head.*`` (never used), and the SigLIP layers
 after the feature layer (the legacy tower built all layers and read ``hidden_states[-2]``; the current one stops
 there, see :meth:`VideoXLProConfig._migrate_legacy`). Filled with zeros: the temporal blocks' ``proj_out.bias``,
 which the legacy layout did not have — zero reproduces its outputs exactly. The legacy training-only config keys are
@@ -110,6 +111,8 @@ def load_legacy_checkpoint(cls, path: str, dtype=None):
             continue
         if re.search(r"\.proj_out\.bias$", key) and value.dim() == 1:
             state[key] = torch.zeros_like(value)
+        elif key.startswith("model.selector.visual_mlp."):
+            state[key] = torch.zeros_like(value)  # the legacy selector had no visual MLP: a zero output is exact
         elif key == "lm_head.weight" and config.tie_word_embeddings:
             state[key] = state["model.language_model.embed_tokens.weight"]
     missing = sorted(set(expected) - set(state))

@@ -234,8 +234,8 @@ class VideoXLProVideoProcessor(VideoProcessorMixin):
             # uint8 in, no float resize: an exact per-channel lookup table
             table = (torch.arange(256, dtype=torch.float64)[None, :] / 255.0 - torch.tensor(self.image_mean, dtype=torch.float64)[:, None])
             table = (table / torch.tensor(self.image_std, dtype=torch.float64)[:, None]).to(torch.float32)  # [3, 256]
-            idx = frames.permute(0, 3, 1, 2).to(torch.long)  # [N, 3, s, s]
-            return torch.stack([table[c][idx[:, c]] for c in range(3)], dim=1)
+            idx = frames.to(torch.long) + torch.tensor([0, 256, 512])  # [N, s, s, 3]: one flat table of the 3 channels
+            return table.reshape(-1)[idx].permute(0, 3, 1, 2).contiguous()
         x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0
         x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True).to(torch.float64)
         mean = torch.tensor(self.image_mean, dtype=torch.float64)[None, :, None, None]

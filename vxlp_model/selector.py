@@ -3,9 +3,10 @@
 One module, :class:`QueryAwareSelector`, with the implementation chosen by ``config.selector_impl`` (an
 architecture setting: it decides which parameters exist):
 
-- ``"vxlp"`` (our design): each group's visual tokens attend over that group's time-text tokens
-  (``time_attn``, ``nn.MultiheadAttention``, with a residual); the query is the user's text only; the scorer
-  reads detached tokens; no rotary embedding on the inputs. Time text travels with the groups whose visual tokens
+- ``"vxlp"`` (our design): the probe of a visual token is the token plus a residual MLP of it (``visual_mlp``,
+  zero-initialised output) plus its attention over its group's time-text tokens (``time_attn``,
+  ``nn.MultiheadAttention``); the query is the user's text only; the scorer reads detached tokens; no rotary
+  embedding on the inputs. Time text travels with the groups whose visual tokens
   are kept, and the ``budget`` mode counts it, so the video block fits the budget at any length.
 - ``"released_v2"`` (Video-XL-Pro-3B as released): ``time_attn`` is the released WindowTimeToTokenAttention
   (values are the projected time rows, no residual); the query is every prompt token outside the video block;
@@ -165,7 +166,8 @@ class QueryAwareSelector(nn.Module):
     """Scores the visual tokens of a video block against the text and keeps the best, in temporal order.
 
     Parameters by implementation: ``text_mlp`` (Linear(d, d)·GELU, all); ``time_attn`` (``vxlp``:
-    ``nn.MultiheadAttention(d, heads)``; ``released_v2``: :class:`ReleasedTimeAttention`; ``released_v1``: none).
+    ``nn.MultiheadAttention(d, heads)``; ``released_v2``: :class:`ReleasedTimeAttention`; ``released_v1``: none);
+    ``visual_mlp`` (``vxlp``: Linear·GELU·Linear, residual).
 
     Long videos are scored chunk by chunk (``chunk_tokens`` visual tokens at a time): only the N raw scores and
     the kept tokens are ever held beside the visual tokens themselves, which may stay in host memory (each chunk is
@@ -183,6 +185,13 @@ class QueryAwareSelector(nn.Module):
         self.text_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU())
         if self.impl == "vxlp":
             self.time_attn = nn.MultiheadAttention(d, config.selector_num_heads, batch_first=True)
+            # a residual MLP on the visual side: the score is then a non-linear function of the token, so a property
+            # shared by tokens far apart in the LLM's embedding space (e.g. "an inserted frame", whatever its colour)
+            # can rank first; zero-initialised output: the selector starts as the linear released-style scorer
+            self.visual_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+            self.visual_mlp[2].zero_init = True
+            nn.init.zeros_(self.visual_mlp[2].weight)
+            nn.init.zeros_(self.visual_mlp[2].bias)
         elif self.impl == "released_v2":
             self.time_attn = ReleasedTimeAttention(d, config.selector_num_heads)
 
@@ -197,10 +206,11 @@ class QueryAwareSelector(nn.Module):
         # vxlp: the scorer reads detached tokens: its gradients (score injection, relevance distillation) train the
         # selector's own parameters and never pull the visual or text representations towards it.
         vis = visual.detach()
+        probe = vis + self.visual_mlp(vis)
         if time_rows.shape[1] == 0:
-            return vis
+            return probe
         attn, _ = self.time_attn(vis, time_rows.detach(), time_rows.detach(), key_padding_mask=~time_mask, need_weights=False)
-        return vis + torch.nan_to_num(attn)  # a group without time rows adds nothing
+        return probe + torch.nan_to_num(attn)  # a group without time rows adds nothing
 
     def forward(
         self,

@@ -43,15 +43,16 @@ class NeedleTaskSample:
     source_index: torch.Tensor
 
 
-def haystack_indices_any_length(total: int, length: int, generator: torch.Generator) -> torch.Tensor:
+def haystack_indices_any_length(total: int, length: int, generator: torch.Generator, consecutive: bool = False) -> torch.Tensor:
     """``length`` frame indices of a ``total``-frame real video.
 
-    Up to ``total``: :func:`vxlp_model.eval.niah.haystack_indices` (uniform over a random window). Longer: the video
-    looped in order from a random start frame, ``(start + i) mod total``.
+    Up to ``total`` (and not ``consecutive``): :func:`vxlp_model.eval.niah.haystack_indices` (uniform over a random
+    window). Longer, or ``consecutive``: consecutive frames of the video looped in order from a random start frame,
+    ``(start + i) mod total``.
     """
     if length < 1 or total < 1:
         raise ValueError(f"length and total must be >= 1, got {length}, {total}")
-    if length <= total:
+    if length <= total and not consecutive:
         return haystack_indices(total, length, generator)
     start = int(torch.randint(0, total, (), generator=generator))
     return (start + torch.arange(length)) % total
@@ -74,12 +75,14 @@ def make_needle_sample(
     variant: str = "single",
     fps: float = 1.0,
     time_offset: float = 0.0,
+    consecutive: bool = False,
 ) -> NeedleTaskSample:
     """One sample: ``length`` real haystack frames (+ the needles), options in the fixed order of the first four
     :data:`COLOURS`, the answer uniform over A–D.
 
     ``depth`` places the (first) needle at ``round(depth · length)``; in ``"two"`` the second needle goes to a
-    uniformly drawn other position. Frame i of the result is at ``time_offset + i / fps`` seconds.
+    uniformly drawn other position. Frame i of the result is at ``time_offset + i / fps`` seconds. ``consecutive``:
+    the haystack is consecutive real frames at any length (see :func:`haystack_indices_any_length`).
 
     Raises ``ValueError`` for a bad variant, length, depth or fps.
     """
@@ -92,7 +95,7 @@ def make_needle_sample(
     answer_slot = int(torch.randint(0, len(LETTERS), (), generator=generator))
     colour = options[answer_slot]
     shape = SHAPES[int(torch.randint(0, len(SHAPES), (), generator=generator))]
-    index = haystack_indices_any_length(haystack.shape[0], length, generator)
+    index = haystack_indices_any_length(haystack.shape[0], length, generator, consecutive=consecutive)
     frames = haystack[index]
     pos = int(math.floor(depth * length + 0.5))
     positions = []
