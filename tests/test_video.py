@@ -621,3 +621,264 @@ def test_error_message_examples(clips):
         read_video(clips["10fps"], max_frames=0)
     assert math.isfinite(read_video(clips["10fps"], fps=1e-3)[2])  # tiny fps: just frame 0
     assert _levels(read_video(clips["10fps"], fps=1e-3)[0]) == [0]
+
+
+# --------------------------------------------------------------------------
+# fast paths: frame skipping, segment-parallel decoding, background iteration
+# --------------------------------------------------------------------------
+
+import _thread  # noqa: E402
+import gc  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from vxlp_model import video as V  # noqa: E402
+from vxlp_model.video import BackgroundVideoIterator  # noqa: E402
+
+NG = 120  # frames of the multi-GOP clips (4.8 s at 25 fps)
+
+
+def _write_index_clip(path, n=NG, rate=25, gop=12, opts=None):
+    """Several GOPs with B-frames; frame i shows its index: left half gray 8*(i % 32),
+    right half gray 8*(i // 32)."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.gop_size = gop
+        s.codec_context.options = {"bframes": "3", "b-pyramid": "normal", **(opts or {})}
+        for i in range(n):
+            img = np.empty((H, W, 3), np.uint8)
+            img[:, : W // 2] = 8 * (i % 32)
+            img[:, W // 2 :] = 8 * (i // 32)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _indices(frames: torch.Tensor) -> list:
+    """Frame indices of an index clip (centres of both halves, robust to chroma bleed)."""
+    left = frames[:, 8:40, 4:28].double().mean(dim=(1, 2, 3))
+    right = frames[:, 8:40, 36:60].double().mean(dim=(1, 2, 3))
+    return [int(round(a / 8.0)) + 32 * int(round(b / 8.0)) for a, b in zip(left.tolist(), right.tolist())]
+
+
+@pytest.fixture(scope="module")
+def gop_clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gops")
+    return {
+        "closed": _write_index_clip(d / "closed.mp4"),
+        # open GOPs: B-frames after each non-IDR keyframe (decode order) are shown before it
+        "open_gop": _write_index_clip(d / "open.mp4", gop=20, opts={"x264-params": "open-gop=1:scenecut=0"}),
+        "mkv": _write_index_clip(d / "clip.mkv", gop=16),
+    }
+
+
+def _no_decoder_threads(timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("vxlp-decode")]
+        if not alive:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def no_thread_leak():
+    yield
+    assert _no_decoder_threads(), "background decoder threads still running after the test"
+
+
+COMBOS = [{}, {"fps": 1}, {"fps": 3}, {"fps": 7.5, "max_frames": 5}, {"max_frames": 9}, {"fps": 2, "max_frames": 50}]
+
+
+def _expected(kw):
+    cands = list(range(NG)) if "fps" not in kw else _ref_fps_indices(NG, 25, Fraction(kw["fps"]))
+    return _ref_uniform(cands, kw["max_frames"]) if "max_frames" in kw else cands
+
+
+def test_index_clip_has_several_gops_and_bframes(gop_clips):
+    for name, p in gop_clips.items():
+        with av.open(str(p)) as c:
+            pk = [x for x in c.demux(video=0) if x.size]
+        assert sum(x.is_keyframe for x in pk) >= 5, name
+        assert any(x.pts != x.dts for x in pk), name  # reordered (B) frames
+        leading = [i for i, x in enumerate(pk) if i and x.is_keyframe and pk[i + 1].pts < x.pts]
+        assert bool(leading) == (name == "open_gop"), name
+    assert _indices(read_video(gop_clips["closed"])[0]) == list(range(NG))
+
+
+@pytest.mark.parametrize("kw", COMBOS)
+@pytest.mark.parametrize("name", ["closed", "open_gop", "mkv"])
+def test_parallel_equals_sequential(gop_clips, name, kw, no_thread_leak):
+    p = gop_clips[name]
+    ref = read_video(p, **kw)
+    assert _indices(ref[0]) == _expected(kw)
+    np.testing.assert_allclose(ref[1].numpy(), np.array(_expected(kw)) / 25, atol=1e-6)
+    # the file really is split into several segments for this selection
+    table = V._scan(str(p), os.path.getsize(p), strict=False)
+    assert len(V._select(table, kw.get("fps"), kw.get("max_frames")).segments(workers=3)) >= 2
+    for workers, threads in ((2, None), (3, 1)):
+        got = read_video(p, workers=workers, threads=threads, **kw)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]) and got[2] == ref[2]
+
+
+@pytest.mark.parametrize("kw", [{"fps": 1}, {"fps": 3, "max_frames": 7}, {}])
+@pytest.mark.parametrize("workers,chunk", [(1, 5), (2, 4), (2, None), (3, 64)])
+def test_background_iter_equals_read_video(gop_clips, kw, workers, chunk, no_thread_leak):
+    p = gop_clips["closed"]
+    frames, ts, _ = read_video(p, **kw)
+    it = iter_video(p, chunk_size=chunk, prefetch=2, workers=workers, **kw)
+    assert isinstance(it, BackgroundVideoIterator)
+    items = list(it)
+    if chunk is None:
+        assert all(isinstance(t, float) and f.shape == (H, W, 3) for f, t in items)
+        got_f = torch.stack([f for f, _ in items])
+        got_t = torch.tensor([t for _, t in items], dtype=torch.float64)
+    else:
+        assert all(c[0].shape[0] == chunk for c in items[:-1]) and 1 <= items[-1][0].shape[0] <= chunk
+        assert all(c[0].dtype == torch.uint8 and c[1].dtype == torch.float64 for c in items)
+        got_f, got_t = torch.cat([c[0] for c in items]), torch.cat([c[1] for c in items])
+    assert torch.equal(got_f, frames) and torch.equal(got_t, ts)
+    assert not it.alive
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+@pytest.mark.parametrize("kw", [{"fps": 1}, {"fps": 2.5, "max_frames": 4}, {"max_frames": 3}])
+def test_subsampled_read_skips_the_full_decode(gop_clips, monkeypatch, kw):
+    """fps / max_frames reads take the planned path (skip_frame + jumps), not decode-everything."""
+    ref = read_video(gop_clips["open_gop"], **kw)
+
+    def no_full_decode(*a, **k):
+        raise AssertionError("fell back to decoding every frame")
+
+    monkeypatch.setattr(V, "_decode_all", no_full_decode)
+    for workers in (1, 2):
+        got = read_video(gop_clips["open_gop"], workers=workers, **kw)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    sel = V._select(V._scan(str(gop_clips["open_gop"]), 1, strict=False), kw.get("fps"), kw.get("max_frames"))
+    assert 0 in sel.act and 1 in sel.act  # some packets jumped over, some NONREF-decoded
+
+
+@pytest.mark.parametrize("fail_after", [0, 3])
+def test_plan_mismatch_falls_back_to_same_frames(gop_clips, monkeypatch, fail_after, no_thread_leak):
+    """If the decoder disagrees with the packet table mid-way, the result is still the reference one."""
+    p = gop_clips["closed"]
+    ref = read_video(p, fps=3)
+    real = V._run_segment
+
+    def flaky(*a, **k):
+        for n, item in enumerate(real(*a, **k)):
+            if n == fail_after:
+                raise V._PlanMismatch("injected")
+            yield item
+
+    monkeypatch.setattr(V, "_run_segment", flaky)
+    for got in (read_video(p, fps=3), read_video(p, fps=3, workers=2)):
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    singles = list(iter_video(p, fps=3))  # lazy: frames yielded before the mismatch are not repeated
+    chunks = list(iter_video(p, fps=3, chunk_size=4, prefetch=1, workers=2))
+    assert torch.equal(torch.stack([f for f, _ in singles]), ref[0])
+    assert torch.equal(torch.cat([c[0] for c in chunks]), ref[0])
+
+
+@pytest.mark.parametrize("workers,chunk", [(1, None), (1, 4), (2, 4)])
+def test_background_truncated_file_raises_at_point_of_failure(tmp_path, noise_clips, workers, chunk,
+                                                              no_thread_leak):
+    data = noise_clips["faststart"]
+    p = tmp_path / "trunc.mp4"
+    p.write_bytes(data[: int(0.4 * len(data))])
+    lazy = []
+    with pytest.raises(VideoDecodeError):
+        for item in iter_video(p, chunk_size=chunk):
+            lazy.append(item)
+    got = []
+    it = iter_video(p, chunk_size=chunk, prefetch=2, workers=workers)
+    with pytest.raises(VideoDecodeError) as ei:
+        for item in it:
+            got.append(item)
+    assert str(p) in str(ei.value) and "truncated or corrupt packet" in str(ei.value)
+    assert len(got) == len(lazy) > 0  # everything decoded before the damage is delivered first
+    for a, b in zip(got, lazy):
+        assert torch.equal(a[0], b[0])
+    assert not it.alive
+
+
+def test_background_early_break_close_and_gc(gop_clips, no_thread_leak):
+    p = gop_clips["closed"]
+    with iter_video(p, chunk_size=4, prefetch=1, workers=2) as it:
+        first = next(it)
+        assert first[0].shape == (4, H, W, 3)
+    assert not it.alive  # __exit__ stopped the decoder with items still pending
+    with pytest.raises(StopIteration):
+        next(it)
+    it.close()  # idempotent
+    for workers in (1, 2):
+        it = iter_video(p, chunk_size=2, prefetch=1, workers=workers)
+        next(it)
+        del it  # abandoned mid-stream: garbage collection stops the threads
+        gc.collect()
+        assert _no_decoder_threads()
+
+
+def test_background_keyboard_interrupt_cleans_up(gop_clips, no_thread_leak):
+    it = iter_video(gop_clips["closed"], chunk_size=1, prefetch=1, workers=2)
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with it:
+                for _ in it:
+                    time.sleep(0.05)  # a slow consumer: NG chunks would take 6 s
+    finally:
+        timer.cancel()
+    assert not it.alive
+
+
+def test_background_stall_and_dead_thread_raise(gop_clips, monkeypatch, no_thread_leak):
+    p = gop_clips["closed"]
+
+    def stalled(*a, **k):
+        stop = a[6] if len(a) > 6 else k.get("stop")
+        while not stop.is_set():  # a decoder that never produces (but obeys the stop flag)
+            time.sleep(0.01)
+        return
+        yield
+
+    monkeypatch.setattr(V, "_frames_sequential", stalled)
+    it = iter_video(p, chunk_size=4, prefetch=1, timeout=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(VideoDecodeError, match="stalled"):
+        next(it)
+    assert time.monotonic() - t0 < 5 and not it.alive
+    monkeypatch.setattr(V, "_produce", lambda make, q, stop: None)  # thread dies without a word
+    it = iter_video(p, prefetch=1)
+    with pytest.raises(VideoDecodeError, match="without a result"):
+        next(it)
+
+
+def test_parallel_and_background_bad_input(tmp_path, gop_clips):
+    p = tmp_path / "random.mp4"
+    p.write_bytes(np.random.default_rng(5).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoDecodeError):
+        read_video(p, workers=2)
+    it = iter_video(p, prefetch=2, workers=2)
+    with pytest.raises(VideoDecodeError) as ei:
+        next(it)
+    assert str(p) in str(ei.value) and ei.value.__cause__ is not None
+    with pytest.raises(FileNotFoundError):
+        iter_video(tmp_path / "missing.mp4", prefetch=2)
+    for kw, name in [({"workers": 0}, "workers"), ({"workers": True}, "workers"), ({"workers": 1.5}, "workers"),
+                     ({"threads": 0}, "threads"), ({"threads": "2"}, "threads")]:
+        with pytest.raises(ValueError, match=name):
+            read_video(gop_clips["closed"], **kw)
+        with pytest.raises(ValueError, match=name):
+            iter_video(gop_clips["closed"], **kw)
+    for kw, name in [({"prefetch": -1}, "prefetch"), ({"prefetch": None}, "prefetch"),
+                     ({"timeout": 0}, "timeout"), ({"timeout": float("nan")}, "timeout"),
+                     ({"timeout": "1"}, "timeout")]:
+        with pytest.raises(ValueError, match=name):
+            iter_video(gop_clips["closed"], **kw)
