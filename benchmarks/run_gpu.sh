@@ -9,10 +9,12 @@
 # the suite gets a time budget so that it ends inside the call; results are written after every row, so a
 # killed run still leaves its rows. Files in $OUT: build.log, info.txt, pytest.log, <gpu-slug>.{json,md,png},
 # released_checkpoint_<gpu>.json (a real-width synthetic released checkpoint converted and run in bf16).
+# The pipeline benchmark is a separate step: VXLP_PIPELINE=only bash benchmarks/run_gpu.sh (see that step).
 #
 # Env: PYTHON (default python3), OUT (results folder; default benchmarks/results), VXLP_GPU_BUDGET_S (whole
 # script, default 570 s), VXLP_BUILD_TIMEOUT_S (default 300 s), VXLP_SKIP_BUILD=1, TORCH_CUDA_ARCH_LIST
-# (default 9.0a), MAX_JOBS, and the suite's own VXLP_BENCH_* knobs (benchmarks/_bench.py).
+# (default 9.0a), MAX_JOBS, VXLP_PIPELINE / VXLP_PIPELINE_TIMEOUT_S (the pipeline step), and the suite's own
+# VXLP_BENCH_* knobs (benchmarks/_bench.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -54,6 +56,28 @@ fi
 
 echo "== python -m vxlp_ops.info"
 "$PY" -m vxlp_ops.info 2>&1 | tee "$RESULTS/info.txt"
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pipeline benchmark (benchmarks/test_bench_pipeline.py): VideoChat at the real config, 1K … 100K frames, the
+# released-style baseline at 4K, vxlp plan checked against the measured peaks. Minutes of GPU time, so it is its own
+# device call: VXLP_PIPELINE=only runs this step alone (after the build and the info table) and exits;
+# VXLP_PIPELINE=1 runs it here and then the other steps; unset/0 skips it. Its own timeout:
+# VXLP_PIPELINE_TIMEOUT_S (default: the script's budget left, less 20 s). Files: pipeline_<gpu>.{json,png},
+# pipeline_pytest.log. VXLP_SKIP_BUILD=1 saves the build's minutes (the DTS then runs on the Triton kernels).
+if [ "${VXLP_PIPELINE:-0}" != "0" ]; then
+  echo "== pipeline benchmark ($(elapsed) s used of $BUDGET)"
+  PTIME="${VXLP_PIPELINE_TIMEOUT_S:-$(( BUDGET - 20 - $(elapsed) ))}"
+  [ "$PTIME" -lt 60 ] && PTIME=60
+  VXLP_BENCH_PIPELINE=1 VXLP_BENCH_OUT="$RESULTS" VXLP_BENCH_DEADLINE=$(( $(date +%s) + PTIME - 30 )) \
+    timeout --signal=INT --kill-after=10 "$PTIME" "$PY" -m pytest benchmarks/test_bench_pipeline.py --benchmark-only -q \
+    -p no:cacheprovider -rfEs --benchmark-columns=min,rounds 2>&1 | tee "$RESULTS/pipeline_pytest.log" | tail -25
+  PIPE_RC=${PIPESTATUS[0]}
+  PJSON=$(ls -t "$RESULTS"/pipeline_*.json 2>/dev/null | head -1)
+  [ -n "$PJSON" ] && "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d.get('summary'), indent=1)); print('skipped:', d.get('skipped'))" "$PJSON"
+  echo "pipeline: pytest rc=$PIPE_RC; $(elapsed) s in all"
+  if [ "$VXLP_PIPELINE" = "only" ]; then ls "$RESULTS"; exit 0; fi
+fi
+# ---------------------------------------------------------------------------------------------------------------
 
 echo "== released checkpoint at real widths, bf16 (convert + run; benchmarks/released_checkpoint.py)"
 timeout "${VXLP_RELEASED_TIMEOUT_S:-120}" "$PY" benchmarks/released_checkpoint.py --device cuda --out "$RESULTS" 2>&1 | tail -30

@@ -1,5 +1,6 @@
-"""The ``vxlp`` command: ``vxlp demo`` (the main job), ``vxlp convert`` (released checkpoints → vxlp), ``vxlp train``,
-``vxlp score`` (official benchmark scorers) and ``vxlp info`` (parameter counts per component)."""
+"""The ``vxlp`` command: ``vxlp demo`` (the main job), ``vxlp chat`` (questions about a video), ``vxlp convert``
+(released checkpoints → vxlp), ``vxlp train`` / ``vxlp prune`` (training at scale), ``vxlp eval`` /
+``vxlp make-vnbench`` / ``vxlp score`` (benchmarks and their official scorers) and ``vxlp info`` (parameter counts)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def _cmd_demo(args) -> int:
         seed=args.seed,
         device=args.device,
         train_frames=args.train_frames,
+        eval_lengths=tuple(args.eval_lengths) if args.eval_lengths else None,
         samples_per_cell=args.samples_per_cell,
         recot_steps=args.recot_steps,
         qa_steps=args.qa_steps,
@@ -24,15 +26,20 @@ def _cmd_demo(args) -> int:
         progress=not args.no_progress,
     )
     print()
-    print("Needle in a video haystack (accuracy per depth × haystack length):")
+    print("One needle in a video haystack (accuracy per depth × haystack length):")
     print(report["table"])
+    print()
+    print("Two needles, the question names the shape (query-dependent):")
+    print(report["table_two"])
+    ctrl = report["no_needle_control"]
+    print(f"\nno needle at all (control): accuracy {ctrl['accuracy']:.3f} (chance {report['chance']:.2f})")
     wall = report["wall_time_s"]
     print(
-        f"train frames ≤ {report['train_frames']['max']} (+1 needle), eval up to {max(report['eval_frames'])} frames; "
+        f"train frames ≤ {report['train_frames']['max']} (+ needles), eval up to {max(report['eval_frames'])} frames; "
         f"{report['visual_tokens_per_frame']:g} visual tokens per frame; wall time {wall['total']:.0f} s "
-        f"(ReCoT {wall['recot']:.0f} s, QA {wall['qa']:.0f} s, eval {wall['eval']:.0f} s)"
+        f"(ReCoT {wall['recot']:.0f} s, QA {wall['qa']:.0f} s, eval {wall['eval_single'] + wall['eval_two_and_control']:.0f} s)"
     )
-    print(f"wrote {args.out}/niah.json, {args.out}/niah.png and the trained model in {args.out}/model")
+    print(f"wrote {args.out}/niah.json, niah.png, niah_two_needles.png and the trained model in {args.out}/model")
     return 0
 
 
@@ -72,26 +79,36 @@ def _cmd_convert(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from .train.run import train_from_json
+def _cmd_chat(args) -> int:
+    from .pipeline import VideoChat, peak_memory
 
-    out = train_from_json(
-        args.model,
-        args.data,
-        args.out,
-        stage=args.stage,
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        fps=args.fps,
-        max_frames=args.max_frames,
-        seed=args.seed,
-        device=args.device,
-        freeze_vision=args.freeze_vision,
-        progress=not args.no_progress,
+    chat = VideoChat.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache, decode_workers=args.workers,
+        chunk_frames=args.chunk_frames,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"wrote {out}")
+    enc = chat.encode(args.video, fps=args.fps, max_frames=args.max_frames, progress=not args.no_progress)
+    frames = enc.num_frames
+    how = "from the encoding cache" if enc.from_cache else "encoded"
+    print(f"{args.video}: {frames} frames → {enc.tokens.shape[0]} groups × {enc.tokens.shape[1]} visual tokens ({how})")
+    if not enc.from_cache:
+        t = enc.timings
+        total = t.get("decode", 0) + t.get("vision", 0) + t.get("dts", 0)
+        print(
+            f"  encoding {total:.2f} s = decode wait {t.get('decode', 0):.2f} s + vision {t.get('vision', 0):.2f} s + "
+            f"DTS/projector/pool {t.get('dts', 0):.2f} s ({frames / max(total, 1e-9):.1f} frames/s)"
+        )
+    for q in args.question:
+        a = chat.ask(enc, q, max_new_tokens=args.max_new_tokens, selector_budget=args.budget)
+        t = a.timings
+        print(f"Q: {q}")
+        print(f"A: {a.text}")
+        print(
+            f"  selector {t['selector']:.3f} s, prefill {t['prefill']:.3f} s, generation {t['generation']:.3f} s "
+            f"({len(a.token_ids)} tokens); the LLM saw {a.llm_tokens} tokens ({a.visual_tokens_kept} visual)"
+        )
+    mem = peak_memory()
+    dev = f"{mem['device_gib']:.2f} GiB on the GPU, " if mem["device_gib"] is not None else ""
+    print(f"peak memory: {dev}{mem['host_rss_gib']:.2f} GiB host (max RSS)")
     return 0
 
 
@@ -102,40 +119,48 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="./vxlp-demo", help="output folder for niah.json, niah.png, model/")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu", help="cpu or cuda")
-    d.add_argument("--train-frames", type=int, default=8, help="longest training haystack (frames); eval reaches 8x")
+    d.add_argument("--train-frames", type=int, default=8, help="longest training haystack (frames)")
+    d.add_argument("--eval-lengths", type=int, nargs="+", default=None, help="haystack lengths to evaluate (default 8 32 128 512 2048 4096)")
     d.add_argument("--samples-per-cell", type=int, default=20, help="needle questions per (length, depth) cell")
     d.add_argument("--recot-steps", type=int, default=100)
     d.add_argument("--qa-steps", type=int, default=2400)
     d.add_argument("--batch-size", type=int, default=16)
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.set_defaults(func=_cmd_demo)
-    t = sub.add_parser("train", help="train a local checkpoint on LLaVA-style video QA JSON (torchrun: FSDP2)")
-    t.add_argument("--model", required=True, help="local save_pretrained folder (model + tokenizer)")
-    t.add_argument("--data", required=True, help="LLaVA-style JSON list with video paths and conversations")
-    t.add_argument("--out", required=True, help="output folder (written atomically)")
-    t.add_argument("--stage", choices=("recot", "qa"), default="qa")
-    t.add_argument("--steps", type=int, default=100)
-    t.add_argument("--lr", type=float, default=1e-5)
-    t.add_argument("--batch-size", type=int, default=1)
-    t.add_argument("--fps", type=float, default=1.0)
-    t.add_argument("--max-frames", type=int, default=240)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--freeze-vision", action="store_true")
-    t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(func=_cmd_train)
+    from .train.cli import add_prune_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_prune_parser(sub)
+    ch = sub.add_parser("chat", help="ask questions about a video: encode once (cached), answer each question")
+    ch.add_argument("--model", required=True, help="a local vxlp model folder (model + processor)")
+    ch.add_argument("--video", required=True, help="the video file")
+    ch.add_argument("--question", action="append", required=True, help="a question (repeat for more)")
+    ch.add_argument("--fps", type=float, default=1.0, help="frames per second sampled from the video")
+    ch.add_argument("--max-frames", type=int, default=None, help="at most this many frames, uniformly")
+    ch.add_argument("--budget", type=int, default=None, help="selector budget: tokens of the video block reaching the LLM")
+    ch.add_argument("--device", default="cpu")
+    ch.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default: as saved")
+    ch.add_argument("--cache", default=None, help="folder of the encoding cache (skip encoding on later runs)")
+    ch.add_argument("--workers", type=int, default=1, help="parallel decoding segments")
+    ch.add_argument("--chunk-frames", type=int, default=None, help="frames through vision + DTS at a time")
+    ch.add_argument("--max-new-tokens", type=int, default=64)
+    ch.add_argument("--no-progress", action="store_true")
+    ch.set_defaults(func=_cmd_chat)
     c = sub.add_parser("convert", help="convert a released Video-XL-Pro / Video-XL-2 folder into a vxlp folder")
     c.add_argument("--from", dest="source", choices=("released",), required=True, help="source format")
     c.add_argument("src", help="the released checkpoint folder (config.json, weights, tokenizer files)")
     c.add_argument("--out", required=True, help="output folder (must not exist; written atomically)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=_cmd_convert)
-    try:
-        from .eval.score_cli import add_score_parser
-    except ImportError:  # pragma: no cover - the scorers ship with the package
-        add_score_parser = None
-    if add_score_parser is not None:
-        add_score_parser(sub)
+    from .eval.eval_cli import add_eval_parser, add_make_vnbench_parser
+    from .eval.score_cli import add_score_parser
+
+    add_score_parser(sub)
+    add_eval_parser(sub)
+    add_make_vnbench_parser(sub)
+    from .plan import add_plan_parser
+
+    add_plan_parser(sub)
     i = sub.add_parser("info", help="parameter count per component (built on the meta device)")
     i.add_argument("--config", choices=("real", "tiny"), default="real")
     i.add_argument("--json", action="store_true")
@@ -150,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"vxlp {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"vxlp {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
