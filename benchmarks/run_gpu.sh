@@ -8,7 +8,8 @@
 # every step goes on after a failure (a failed build still leaves the eager / compile / SDPA / cuDNN rows), and
 # the suite gets a time budget so that it ends inside the call; results are written after every row, so a
 # killed run still leaves its rows. Files in $OUT: build.log, info.txt, pytest.log, <gpu-slug>.{json,md,png},
-# released_checkpoint_<gpu>.json (a real-width synthetic released checkpoint converted and run in bf16).
+# released_checkpoint_<gpu>.json (a real-width synthetic released checkpoint converted and run in bf16),
+# train_step_<gpu>.json (one FSDP2 finetune step of the real-width shallow model in bf16).
 # The pipeline benchmark is a separate step: VXLP_PIPELINE=only bash benchmarks/run_gpu.sh (see that step).
 #
 # Env: PYTHON (default python3), OUT (results folder; default benchmarks/results), VXLP_GPU_BUDGET_S (whole
@@ -81,6 +82,10 @@ fi
 
 echo "== released checkpoint at real widths, bf16 (convert + run; benchmarks/released_checkpoint.py)"
 timeout "${VXLP_RELEASED_TIMEOUT_S:-120}" "$PY" benchmarks/released_checkpoint.py --device cuda --out "$RESULTS" 2>&1 | tail -30
+
+echo "== one FSDP2 finetune step of the real-width shallow model, bf16 (benchmarks/train_step_gpu.py)"
+timeout "${VXLP_TRAIN_STEP_TIMEOUT_S:-120}" "$PY" benchmarks/train_step_gpu.py --device cuda \
+  --out "$RESULTS/train_step_$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_-' || echo cuda).json" 2>&1 | tail -20
 
 echo "== benchmarks ($(elapsed) s used of $BUDGET)"
 # the suite stops starting providers at its deadline (compiles earlier); the hard timeout is a last resort

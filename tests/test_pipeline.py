@@ -2,10 +2,7 @@
 the video block stays within the budget at any length."""
 
 import os
-from fractions import Fraction
 
-import av
-import numpy as np
 import pytest
 import torch
 
@@ -20,21 +17,7 @@ from vxlp_model import (
 )
 from vxlp_model.cli import main as cli_main
 from vxlp_model.pipeline import VideoChat
-
-
-def _write_clip(path, n=26, size=32, fps=4, seed=0):
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=Fraction(fps, 1))
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        for _ in range(n):
-            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return str(path)
+from test_eval_support import write_clip
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +38,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    return _write_clip(tmp_path_factory.mktemp("clips") / "clip.mp4")
+    return write_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", n=26)
 
 
 def test_encode_once_ask_many_equals_the_one_shot_path(model_dir, clip):
@@ -78,7 +61,7 @@ def test_encode_once_ask_many_equals_the_one_shot_path(model_dir, clip):
 
 def test_batch_of_pairs_equals_one_by_one(model_dir, clip, tmp_path):
     chat = VideoChat.from_pretrained(model_dir)
-    other = _write_clip(tmp_path / "other.mp4", n=41, seed=3)
+    other = write_clip(tmp_path / "other.mp4", n=41, seed=3)
     a = chat.encode(clip, fps=4.0, progress=False)
     b = chat.encode(other, fps=4.0, progress=False)
     pairs = [(a, "What colour?"), (b, "What happens?"), (a, "red blue?"), (b, "What colour?")]

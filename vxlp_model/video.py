@@ -1155,9 +1155,14 @@ def _frames_sequential(
             if bar is not None:
                 bar.close()
     plan, start = _legacy_plan(table, fps, max_frames)
-    for n, (rgb, t, src_fps) in enumerate(
-        _decode_all(p, size, fps, max_frames, plan, start, progress and not emitted, threads, stop)
-    ):
+    yield from _after_emitted(
+        _decode_all(p, size, fps, max_frames, plan, start, progress and not emitted, threads, stop), emitted, p
+    )
+
+
+def _after_emitted(frames, emitted: List[float], p: str):
+    """The frames of a redone read after the ``emitted`` timestamps, which must come first and identical."""
+    for n, (rgb, t, src_fps) in enumerate(frames):
         if n < len(emitted):
             if t != emitted[n]:
                 raise VideoDecodeError(
@@ -1374,16 +1379,9 @@ def _frames_parallel(
     if not mismatch:
         return
     # decode sequentially, skipping the frames already yielded (checked identical)
-    for n, (rgb, t, src_fps) in enumerate(
-        _frames_sequential(p, size, fps, max_frames, False, _decoder_threads(1, None), stop, table=table)
-    ):
-        if n < len(emitted):
-            if t != emitted[n]:
-                raise VideoDecodeError(
-                    f"decoding {p!r} twice gave different frames (timestamp {t} != {emitted[n]})"
-                )
-            continue
-        yield rgb, t, src_fps
+    yield from _after_emitted(
+        _frames_sequential(p, size, fps, max_frames, False, _decoder_threads(1, None), stop, table=table), emitted, p
+    )
 
 
 # --------------------------------------------------------------------------
