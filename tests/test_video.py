@@ -826,6 +826,8 @@ def test_background_early_break_close_and_gc(gop_clips, no_thread_leak):
 
 def test_background_keyboard_interrupt_cleans_up(gop_clips, no_thread_leak):
     it = iter_video(gop_clips["closed"], chunk_size=1, prefetch=1, workers=2)
+    # a process started in the background by a non-interactive shell ignores SIGINT: install Python's handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.2, _thread.interrupt_main)
     timer.start()
     try:
@@ -835,6 +837,7 @@ def test_background_keyboard_interrupt_cleans_up(gop_clips, no_thread_leak):
                     time.sleep(0.05)  # a slow consumer: NG chunks would take 6 s
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert not it.alive
 
 
