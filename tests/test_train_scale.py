@@ -379,7 +379,7 @@ def test_bad_samples_are_skipped_logged_and_counted(tmp_path):
     root = str(tmp_path)
     data = colour_dataset(root, n_videos=2, n_images=0, multi_turn=False)
     recs = json.load(open(data))
-    (tmp_path / "clips" / "corrupt.mp4").write_bytes(os.urandom(3000))
+    (tmp_path / "clips" / "corrupt.mp4").write_bytes(np.random.default_rng(3).bytes(3000))  # fixed garbage
     good = (tmp_path / "clips" / "v0.mp4").read_bytes()
     (tmp_path / "clips" / "trunc.mp4").write_bytes(good[: len(good) // 2])
     (tmp_path / "clips" / "bad.png").write_bytes(b"not an image")
@@ -482,3 +482,32 @@ def test_train_step_benchmark_runs_on_cpu(tmp_path):
     r = train_step_gpu.main(["--device", "cpu", "--size", "tiny", "--precision", "fp32", "--warmup", "0", "--steps", "1", "--out", str(out)])
     assert r["tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0 and np.isfinite(r["losses"][0])
     assert json.loads(out.read_text())["settings"]["frames"] == 8
+
+
+def test_a_worker_that_crashes_costs_only_its_sample(tmp_path):
+    """A DataLoader worker killed by SIGSEGV (a decoder crashing on a corrupt file) never ends the run: the sample
+    that kills it every time is recorded as bad (WorkerCrash), one that killed it once is retried and delivered, and
+    every other sample arrives in order."""
+    from vxlp_model.train.data import Record, RecordTable
+    from vxlp_model.train.loader import EpochOrder, RobustLoader, SampleDataset
+
+    n = 12
+    table = RecordTable([Record(id=f"r{i}", media=f"/data/r{i}.mp4", kind="video") for i in range(n)])
+    once = tmp_path / "crashed-once"
+
+    def build(record, position):
+        if record.id == "r5":  # crashes every time
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if record.id == "r8" and not once.exists():  # crashes the first time only
+            once.write_text("1")
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return {"id": record.id}
+
+    ds = SampleDataset(table, EpochOrder(n, seed=0, shuffle=False), build, sample_timeout=None)
+    loader = RobustLoader(ds, list(range(n)), num_workers=2, prefetch_factor=2, loader_timeout=60)
+    items = list(loader)
+    assert [it.position for it in items] == list(range(n))
+    bad = {ds.table[it.index].id: it.bad.reason for it in items if it.bad is not None}
+    assert list(bad) == ["r5"] and bad["r5"].startswith("WorkerCrash"), bad
+    assert [it.sample["id"] for it in items if it.bad is None] == [f"r{i}" for i in range(n) if i != 5]
+    assert loader.restarts >= 2  # r5 twice (r8 may die in a loader already being replaced)

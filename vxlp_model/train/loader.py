@@ -11,7 +11,9 @@ A sample that cannot be built (missing or corrupt file, decode error, timeout, a
 a :class:`BadSample`: the loop skips it, logs it and counts it. Two timeouts keep a stuck file from hanging a run:
 ``sample_timeout`` (seconds, a ``SIGALRM`` in the process that builds the sample: it interrupts blocking system calls
 and Python code) and, with workers, ``loader_timeout``: if no sample arrives for that long (a worker stuck in C
-code that ignores signals), the expected sample is recorded as bad and the loader restarts after it.
+code that ignores signals), the expected sample is recorded as bad and the loader restarts after it. A worker that
+dies (a decoder crashing on a corrupt file) restarts the loader at the awaited sample with one worker building one
+sample ahead; if the worker dies again while that sample is awaited, it is recorded as bad (``WorkerCrash``).
 """
 
 from __future__ import annotations
@@ -177,19 +179,29 @@ class RobustLoader:
         self.loader_timeout, self.seed = loader_timeout, int(seed)
         self.restarts = 0
 
-    def _loader(self, positions: list[int]):
+    def _loader(self, positions: list[int], careful: bool = False):
+        """``careful``: one worker, one sample ahead, so a worker that dies was building the sample awaited."""
         kwargs = {}
-        if self.num_workers > 0:
-            kwargs = dict(prefetch_factor=self.prefetch_factor, timeout=float(self.loader_timeout or 0), worker_init_fn=_worker_init)
+        workers = min(self.num_workers, 1) if careful else self.num_workers
+        if workers > 0:
+            kwargs = dict(prefetch_factor=1 if careful else self.prefetch_factor, timeout=float(self.loader_timeout or 0),
+                          worker_init_fn=_worker_init)
         return torch.utils.data.DataLoader(
-            self.dataset, batch_size=None, sampler=_Positions(positions), num_workers=self.num_workers,
+            self.dataset, batch_size=None, sampler=_Positions(positions), num_workers=workers,
             collate_fn=_identity, generator=torch.Generator().manual_seed(self.seed), **kwargs,
         )
 
+    def _bad(self, p: int, reason: str) -> Item:
+        index = self.dataset.order.index(p)
+        rec = self.dataset.table[index]
+        return Item(p, index, bad=BadSample(p, index, rec.id, rec.media, reason))
+
     def __iter__(self) -> Iterator[Item]:
         i = 0
+        careful_until = -1  # after a worker died: one sample ahead up to here, to find the sample that kills it
+        crashed_at = None
         while i < len(self.positions):
-            it = iter(self._loader(self.positions[i:]))
+            it = iter(self._loader(self.positions[i:], careful=i <= careful_until))
             try:
                 while True:
                     try:
@@ -197,17 +209,29 @@ class RobustLoader:
                     except StopIteration:
                         return
                     except RuntimeError as e:
+                        p = self.positions[i]
+                        if "exited unexpectedly" in str(e) and self.num_workers > 0:
+                            # a worker died (e.g. a decoder crash on a corrupt file): retry one sample ahead; a
+                            # second death while this sample is awaited names it
+                            self.restarts += 1
+                            if crashed_at == i:
+                                yield self._bad(p, f"WorkerCrash: the DataLoader worker died building this sample ({e})")
+                                i += 1
+                                crashed_at = None
+                            else:
+                                crashed_at = i
+                                careful_until = i + self.num_workers * self.prefetch_factor
+                            break
                         if "timed out" not in str(e):
                             raise
-                        p = self.positions[i]
-                        index = self.dataset.order.index(p)
-                        rec = self.dataset.table[index]
                         reason = f"LoaderTimeout: no sample from the DataLoader workers within {self.loader_timeout:g} s"
-                        yield Item(p, index, bad=BadSample(p, index, rec.id, rec.media, reason))
+                        yield self._bad(p, reason)
                         i += 1
                         self.restarts += 1
                         break
                     yield item
                     i += 1
+                    if i > careful_until >= 0 and i - 1 == careful_until:
+                        break  # back to the full number of workers
             finally:
                 del it
