@@ -764,6 +764,16 @@ def _select(table: _Table, fps: Optional[float], max_frames: Optional[int]) -> O
 # --------------------------------------------------------------------------
 
 
+def _next_packet(packets, p: str, n_decoded: int):
+    """The demuxer's next packet, None at the end; a demux error becomes :class:`VideoDecodeError`."""
+    try:
+        return next(packets)
+    except StopIteration:
+        return None
+    except Exception as e:
+        raise VideoDecodeError(f"error while demuxing {p!r} after {n_decoded} decoded frames: {e}") from e
+
+
 def _to_rgb(frame, p: str, index: int, size: Optional[Tuple[int, int]]) -> np.ndarray:
     try:
         if size is None or (frame.width, frame.height) == size:
@@ -814,14 +824,9 @@ def _decode_all(
         try:
             while True:
                 _check_stop(stop)
-                try:
-                    packet = next(packets)
-                except StopIteration:
+                packet = _next_packet(packets, p, n_decoded)
+                if packet is None:
                     break
-                except Exception as e:
-                    raise VideoDecodeError(
-                        f"error while demuxing {p!r} after {n_decoded} decoded frames: {e}"
-                    ) from e
                 n_packets += 1
                 if n_packets > bound:
                     raise VideoDecodeError(
@@ -1049,14 +1054,9 @@ def _run_segment(
                 if pending is not None:
                     packet, pending = pending, None
                 else:
-                    try:
-                        packet = next(demux)
-                    except StopIteration:
+                    packet = _next_packet(demux, p, n_decoded)
+                    if packet is None:
                         break
-                    except Exception as e:
-                        raise VideoDecodeError(
-                            f"error while demuxing {p!r} after {n_decoded} decoded frames: {e}"
-                        ) from e
                 n_packets += 1
                 if n_packets > bound:
                     raise VideoDecodeError(f"demuxing {p!r} did not terminate after {bound} packets")
