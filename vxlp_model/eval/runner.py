@@ -33,6 +33,7 @@ from datetime import timedelta
 import torch
 
 from ..processing import conversation
+from ..train.state import write_atomic
 from ..video import VideoDecodeError, read_video
 from .benchmarks import EvalItem
 
@@ -77,35 +78,11 @@ def natural_key(text: str) -> list:
 
 def write_json_atomic(path: str, obj) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def _write_lines_atomic(path: str, records: Iterable[dict]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
 
 
 def read_answer_log(path: str, repair: bool = False) -> list[dict]:
