@@ -9,7 +9,8 @@
 # the suite gets a time budget so that it ends inside the call; results are written after every row, so a
 # killed run still leaves its rows. Files in $OUT: build.log, info.txt, pytest.log, <gpu-slug>.{json,md,png},
 # released_checkpoint_<gpu>.json (a real-width synthetic released checkpoint converted and run in bf16),
-# train_step_<gpu>.json (one FSDP2 finetune step of the real-width shallow model in bf16).
+# train_step_<gpu>.json (one FSDP2 finetune step of the real-width shallow model in bf16),
+# compressors_prefill_<gpu>.json (VST / LP-Comp / QC-Comp / selector prefill at 1K and 4K frames, bf16).
 # The pipeline benchmark is a separate step: VXLP_PIPELINE=only bash benchmarks/run_gpu.sh (see that step).
 #
 # Env: PYTHON (default python3), OUT (results folder; default benchmarks/results), VXLP_GPU_BUDGET_S (whole
@@ -86,6 +87,10 @@ timeout "${VXLP_RELEASED_TIMEOUT_S:-120}" "$PY" benchmarks/released_checkpoint.p
 echo "== one FSDP2 finetune step of the real-width shallow model, bf16 (benchmarks/train_step_gpu.py)"
 timeout "${VXLP_TRAIN_STEP_TIMEOUT_S:-120}" "$PY" benchmarks/train_step_gpu.py --device cuda \
   --out "$RESULTS/train_step_$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_-' || echo cuda).json" 2>&1 | tail -20
+
+echo "== in-LLM compressors: prefill time and visual K/V per frame, real-width shallow LLM, bf16 (benchmarks/compressors_prefill.py)"
+timeout "${VXLP_COMPRESSORS_TIMEOUT_S:-90}" "$PY" benchmarks/compressors_prefill.py --device cuda \
+  --out "$RESULTS/compressors_prefill_$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_-' || echo cuda).json" 2>&1 | tail -20
 
 echo "== benchmarks ($(elapsed) s used of $BUDGET)"
 # the suite stops starting providers at its deadline (compiles earlier); the hard timeout is a last resort

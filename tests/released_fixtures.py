@@ -9,10 +9,12 @@ Qwen2-style tokenizer files (a small byte-level BPE with Qwen2.5's special token
 Public API::
 
     write_released_checkpoint(out_dir, variant="pro-v2", *, geometry="tiny", seed=0, dtype=torch.float32,
-                              weight_format="safetensors-index", num_shards=3, include_lm_head=False) -> str
+                              weight_format="safetensors-index", num_shards=3, include_lm_head=False,
+                              beacon_config=None) -> str
     released_state_dict(out_dir) -> dict[str, torch.Tensor]
     write_released_tokenizer(out_dir) -> transformers.PreTrainedTokenizerBase
-    released_key_shapes(variant, geometry, vocab_size, include_lm_head=False) -> dict[str, tuple[int, ...]]
+    released_key_shapes(variant, geometry, vocab_size, include_lm_head=False,
+                        beacon_config=None) -> dict[str, tuple[int, ...]]
     TINY, REAL2, GEOMETRIES, VARIANTS, WEIGHT_FORMATS, SPECIAL_TOKENS, TOKENIZER_WORDS
 
 Geometry "tiny" is a test geometry: its ``config.json`` carries two keys the released config lacks,
@@ -204,8 +206,18 @@ def _vocab_size() -> int:
     return _round8(len(vocab))
 
 
-def _param_specs(variant: str, g: Geometry, vocab_size: int, include_lm_head: bool):
-    """Ordered ``{key: (shape, std, mean)}``; a parameter is drawn as ``mean + std · N(0, 1)``."""
+def _beacon_param(beacon_config) -> list[str]:
+    param = beacon_config.get("beacon_param", ["q", "k", "v", "o"])
+    return param.replace(",", " ").split() if isinstance(param, str) else list(param)
+
+
+def _param_specs(variant: str, g: Geometry, vocab_size: int, include_lm_head: bool, beacon_config=None):
+    """Ordered ``{key: (shape, std, mean)}``; a parameter is drawn as ``mean + std · N(0, 1)``.
+
+    pro-v1 without ``beacon_config``: all four beacon projections, each with a bias (recognisable only). With it:
+    the released Qwen2 beacon layout — ``beacon_{p}_proj`` for each ``p`` of its ``beacon_param`` (default q, k, v,
+    o), with a bias exactly when the original projection has one (``beacon_o_proj`` has none), and
+    ``mlp.beacon_{up,down}_proj`` when ``beacon_param`` holds ``"mlp"``."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     specs: dict[str, tuple[tuple[int, ...], float, float]] = {}
@@ -282,14 +294,22 @@ def _param_specs(variant: str, g: Geometry, vocab_size: int, include_lm_head: bo
         linear(lp + "self_attn.k_proj", kv, d)
         linear(lp + "self_attn.v_proj", kv, d)
         linear(lp + "self_attn.o_proj", d, d, bias=False)
-        if variant == "pro-v1":
+        if variant == "pro-v1" and beacon_config is None:
             linear(lp + "self_attn.beacon_q_proj", d, d)
             linear(lp + "self_attn.beacon_k_proj", kv, d)
             linear(lp + "self_attn.beacon_v_proj", kv, d)
             linear(lp + "self_attn.beacon_o_proj", d, d)
+        elif variant == "pro-v1":
+            param = _beacon_param(beacon_config)
+            for p_name, out_f in (("q", d), ("k", kv), ("v", kv), ("o", d)):
+                if p_name in param:
+                    linear(lp + f"self_attn.beacon_{p_name}_proj", out_f, d, bias=p_name != "o")
         linear(lp + "mlp.gate_proj", g.llm_intermediate, d, bias=False)
         linear(lp + "mlp.up_proj", g.llm_intermediate, d, bias=False)
         linear(lp + "mlp.down_proj", d, g.llm_intermediate, bias=False)
+        if variant == "pro-v1" and beacon_config is not None and "mlp" in _beacon_param(beacon_config):
+            linear(lp + "mlp.beacon_up_proj", g.llm_intermediate, d, bias=False)
+            linear(lp + "mlp.beacon_down_proj", d, g.llm_intermediate, bias=False)
         norm(lp + "input_layernorm", d, bias=False)
         norm(lp + "post_attention_layernorm", d, bias=False)
     norm("model.norm", d, bias=False)
@@ -298,11 +318,13 @@ def _param_specs(variant: str, g: Geometry, vocab_size: int, include_lm_head: bo
     return specs
 
 
-def released_key_shapes(variant: str, geometry="tiny", vocab_size: int | None = None, include_lm_head=False):
+def released_key_shapes(
+    variant: str, geometry="tiny", vocab_size: int | None = None, include_lm_head=False, beacon_config=None
+):
     """``{key: shape}`` of a synthetic released checkpoint (``vocab_size`` defaults to the fixture tokenizer's)."""
     g = _geometry(geometry)
     vocab_size = _vocab_size() if vocab_size is None else vocab_size
-    return {k: s for k, (s, _, _) in _param_specs(variant, g, vocab_size, include_lm_head).items()}
+    return {k: s for k, (s, _, _) in _param_specs(variant, g, vocab_size, include_lm_head, beacon_config).items()}
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -454,24 +476,30 @@ def write_released_checkpoint(
     weight_format: str = "safetensors-index",
     num_shards: int = 3,
     include_lm_head: bool = False,
+    beacon_config: dict | None = None,
 ) -> str:
     """Write a synthetic released-format checkpoint (config, weights, tokenizer) to ``out_dir``; return it.
 
     ``variant``: ``"pro-v2"`` (WindowTimeToTokenAttention + text_mlp), ``"video-xl-2"`` (neither), ``"pro-v1"``
-    (text_mlp, beacon keys, no WTTA: recognisable only). ``geometry``: ``"tiny"``, ``"real2"`` or a
-    :class:`Geometry`. Weights are drawn from ``torch.Generator().manual_seed(seed)`` in float32 at scales
-    that keep activations O(1) (linear ~ N(0, 1/fan_in), biases ~ N(0, 0.05²), norm weights ~ 1 + N(0, 0.1²),
-    conv3d ~ N(0, 1/(27·C)), relative tables ~ N(0, 0.1²), temporal encoding and embeddings non-zero),
-    then cast to ``dtype``. ``lm_head.weight`` is written only if ``include_lm_head`` (then
+    (text_mlp, beacon keys, no WTTA; recognisable only unless ``beacon_config`` is given). ``beacon_config``
+    (pro-v1 only): Activation-Beacon settings written into ``config.json`` as they are (e.g. ``{"beacon_window":
+    18, "beacon_ratio": [4]}``); the beacon weights then follow the released Qwen2 code (see :func:`_param_specs`:
+    ``beacon_param`` decides which beacon projections exist, ``beacon_o_proj`` has no bias). ``geometry``:
+    ``"tiny"``, ``"real2"`` or a :class:`Geometry`. Weights are drawn from ``torch.Generator().manual_seed(seed)``
+    in float32 at scales that keep activations O(1) (linear ~ N(0, 1/fan_in), biases ~ N(0, 0.05²), norm weights
+    ~ 1 + N(0, 0.1²), conv3d ~ N(0, 1/(27·C)), relative tables ~ N(0, 0.1²), temporal encoding and embeddings
+    non-zero), then cast to ``dtype``. ``lm_head.weight`` is written only if ``include_lm_head`` (then
     ``tie_word_embeddings`` is false). ``weight_format``: one of ``WEIGHT_FORMATS``; ``num_shards`` applies to
     ``"safetensors-index"`` and (when > 1) ``"bin"``. Raises ``FileExistsError`` if ``out_dir`` already holds
-    weight files, ``ValueError`` on an unknown variant, geometry or format.
+    weight files, ``ValueError`` on an unknown variant, geometry or format, or ``beacon_config`` for another variant.
     """
     g = _geometry(geometry)
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if beacon_config is not None and variant != "pro-v1":
+        raise ValueError(f"beacon_config applies to the pro-v1 variant only, not {variant!r}")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     stale = [f for f in os.listdir(out_dir) if f.startswith(_WEIGHT_FILE_PREFIXES)]
@@ -482,10 +510,12 @@ def write_released_checkpoint(
     vocab_size = _round8(len(tok))
     gen = torch.Generator().manual_seed(seed)
     sd = {}
-    for key, (shape, std, mean) in _param_specs(variant, g, vocab_size, include_lm_head).items():
+    for key, (shape, std, mean) in _param_specs(variant, g, vocab_size, include_lm_head, beacon_config).items():
         t = torch.randn(shape, generator=gen, dtype=torch.float32).mul_(std).add_(mean)
         sd[key] = t.to(dtype).contiguous()
     _write_weights(out_dir, sd, weight_format, num_shards)
+    cfg = _config(g, vocab_size, tok, dtype, include_lm_head)
+    cfg.update(beacon_config or {})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(_config(g, vocab_size, tok, dtype, include_lm_head), f, indent=2)
+        json.dump(cfg, f, indent=2)
     return out_dir

@@ -124,6 +124,8 @@ def test_cli_chat(model_dir, clip, tmp_path, capsys, monkeypatch):
     assert out.count("Q: ") == 2 and out.count("A: ") == 2 and "peak memory" in out and "prefill" in out and "encoded" in out
     assert cli_main(args) == 0
     assert "from the encoding cache" in capsys.readouterr().out
+    assert cli_main(args + ["--frame-selection", "qc_comp"]) == 0
+    assert capsys.readouterr().out.count("A: ") == 2
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 100)
     assert cli_main(["chat", "--model", model_dir, "--video", str(bad), "--question", "q?", "--no-progress"]) == 2
@@ -136,3 +138,33 @@ def test_cli_chat(model_dir, clip, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(VideoChat, "encode", interrupted)
     assert cli_main(["chat", "--model", model_dir, "--video", clip, "--question", "q?"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["vst", "lp_comp"])
+def test_chat_runs_the_in_llm_compressors(model_dir, clip, tmp_path, kind):
+    """A VST / LP-Comp model answers through VideoChat exactly as through generate on the pixels (the compressed
+    prefill runs; the plain LLM over the spliced rows would answer differently)."""
+    cfg = VideoXLProConfig.from_pretrained(model_dir)
+    cfg.llm_compression, cfg.vst_ratio, cfg.vst_window_groups = kind, 2, 1
+    model = VideoXLProForConditionalGeneration.from_pretrained(model_dir, config=cfg)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 1.0)  # a head that makes the answer depend on the prefill
+        if kind == "vst":
+            model.model.summary_embed_tokens.weight.normal_(0.0, 1.0)
+    out = tmp_path / kind
+    model.save_pretrained(out)
+    VideoXLProProcessor.from_pretrained(model_dir).save_pretrained(out)
+    chat = VideoChat.from_pretrained(str(out))
+    enc = chat.encode(clip, fps=2.0, progress=False)
+    frames, ts, _ = read_video(clip, fps=2.0)
+    proc = chat.processor
+    prompt = proc.apply_chat_template(conversation("What colour?"), add_generation_prompt=True)
+    inputs = proc(text=prompt, videos=frames, video_timestamps=ts)
+    ref = chat.model.generate(**inputs, max_new_tokens=6, min_new_tokens=6)[0, inputs["input_ids"].shape[1] :].tolist()
+    assert chat.ask(enc, "What colour?", max_new_tokens=6, min_new_tokens=6).token_ids == ref
+    # the same rows through the plain LLM give other logits: the compressor did run
+    spliced = chat.model.model.splice_video(inputs["input_ids"], inputs["token_type_ids"], [enc.tokens], inputs["attention_mask"])
+    with torch.no_grad():
+        plain = chat.model(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"]).logits[0, -1]
+        comp = chat.model(**inputs).logits[0, -1]
+    assert not torch.allclose(plain, comp, atol=1e-3)

@@ -86,6 +86,8 @@ def _cmd_chat(args) -> int:
         args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache, decode_workers=args.workers,
         chunk_frames=args.chunk_frames,
     )
+    if args.frame_selection is not None:
+        chat.model.config.frame_selection = args.frame_selection  # read by every call (docs/compression.md)
     enc = chat.encode(args.video, fps=args.fps, max_frames=args.max_frames, progress=not args.no_progress)
     frames = enc.num_frames
     how = "from the encoding cache" if enc.from_cache else "encoded"
@@ -144,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--workers", type=int, default=1, help="parallel decoding segments")
     ch.add_argument("--chunk-frames", type=int, default=None, help="frames through vision + DTS at a time")
     ch.add_argument("--max-new-tokens", type=int, default=64)
+    ch.add_argument("--frame-selection", default=None, choices=("none", "selector", "qc_comp"),
+                    help="which groups reach the LLM (default: the model's config; docs/compression.md)")
     ch.add_argument("--no-progress", action="store_true")
     ch.set_defaults(func=_cmd_chat)
     c = sub.add_parser("convert", help="convert a released Video-XL-Pro / Video-XL-2 folder into a vxlp folder")

@@ -74,6 +74,15 @@ class VideoXLProConfig(PreTrainedConfig):
     LLM — visual tokens and the time text of their groups —, for the released implementations the visual tokens),
     ``selector_keep_ratio`` (keep ratio in ratio mode). ``selector_num_heads`` (4) heads of the selector's window attention.
 
+    Compression inside the LLM (SPEC §8; :mod:`vxlp_model.llm_compression`), composable with the DTS and with
+    each other: ``llm_compression`` (``"none"`` | ``"vst"``: Video-XL's visual summarization tokens, windows of
+    ``vst_window_groups`` groups, one summary token per ``vst_ratio`` raw tokens (1 = none), per window by content
+    change if ``vst_dynamic_ratio`` | ``"lp_comp"``: XComp's layer-wise shrinking of each group's tokens down to
+    ``lp_comp_final_tokens`` at the last layer) and ``frame_selection`` (``"selector"``: the ``selector_impl``
+    above, today's behaviour | ``"none"``: every group | ``"qc_comp"``: XComp's question-conditioned group choice
+    from the LLM's attention over segments of ``qc_segment_groups`` groups, within the selector's mode / budget /
+    ratio). ``llm_compression = "vst"`` adds ``summary_embed_tokens`` and per-layer ``summary_{q,k,v,o}_proj``.
+
     Prompt splice: ``video_token_id`` (151654 ``<|vision_pad|>``: the visual placeholder). Encoding:
     ``chunk_frames`` frames go through vision + DTS at a time (a multiple of ``frames_per_group``).
     """
@@ -104,6 +113,13 @@ class VideoXLProConfig(PreTrainedConfig):
     selector_num_heads: int = 4
     video_token_id: int = 151654
     chunk_frames: int = 64
+    llm_compression: Literal["none", "vst", "lp_comp"] = "none"
+    frame_selection: Literal["none", "selector", "qc_comp"] = "selector"
+    vst_window_groups: int = 10
+    vst_ratio: int = 8
+    vst_dynamic_ratio: bool = False
+    lp_comp_final_tokens: int = 1
+    qc_segment_groups: int = 8
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -176,6 +192,11 @@ class VideoXLProConfig(PreTrainedConfig):
         if self.selector_impl not in SELECTOR_IMPLS:
             raise ValueError(f"selector_impl must be one of {SELECTOR_IMPLS}, got {self.selector_impl!r}")
         validate_selector_args(self.selector_mode, self.selector_budget, self.selector_keep_ratio)
+        from .llm_compression import validate_compression_args
+
+        validate_compression_args(
+            self.llm_compression, self.frame_selection, self.vst_ratio, self.vst_window_groups, self.lp_comp_final_tokens, self.qc_segment_groups
+        )
         if self.frames_per_group < 1:
             raise ValueError(f"frames_per_group must be >= 1, got {self.frames_per_group}")
         if c % self.dts_norm_groups:

@@ -12,12 +12,19 @@ Variants (RELEASED.md §1), detected from the keys:
   of the released ``random.uniform(0.7, 0.99)``; pass another ratio per call), time text ``"Time {t:06.1f}s:"``.
 - ``video-xl-2`` (BAAI/Video-XL-2): no selector (``selector_impl = "none"``), time text ``"Time {t:.1f}s:"`` (the
   released ``f"Time {round(t, 1)}s:"``), frame count trimmed to a multiple of 4 as its evaluation does.
-- ``pro-v1`` (the paper upload, Activation-Beacon LLM): refused until a VST LLM exists in vxlp.
+- ``pro-v1`` (the paper upload): ``model.beacon_embed_tokens.weight`` and ``…self_attn.beacon_{q,k,v,o}_proj.*``
+  present. Its LLM is Video-XL's Activation-Beacon Qwen2 (visual summarization tokens), which converts to vxlp's VST
+  LLM (``llm_compression = "vst"``, SPEC §8): ``beacon_embed_tokens`` → ``summary_embed_tokens``,
+  ``beacon_{q,k,v,o}_proj`` → ``summary_{q,k,v,o}_proj``; ``selector_impl = "released_v1"`` in budget mode at 9,600
+  visual tokens; no time text (``time_format = ""``). The Activation-Beacon settings come from config.json, see
+  :func:`beacon_settings` (windows of ``beacon_window`` tokens → ``vst_window_groups``, ``beacon_ratio`` →
+  ``vst_ratio``; options vxlp does not implement are refused, naming the setting).
 
 The mapping is strict (:data:`KEY_MAP`): every source key is consumed or listed as deliberately dropped
-(:data:`DROPPED`), every destination key is filled, every shape is checked; ``lm_head`` is tied when absent; the
-dtype is kept. Conversion goes shard by shard (peak host memory about one shard). DST is written to a temporary
-sibling and renamed into place only when complete; an existing DST is an error.
+(:data:`DROPPED`), every destination key is filled (a pro-v1 summary projection that ``beacon_param`` leaves to the
+original projection gets a copy of it, listed in the report), every shape is checked; ``lm_head`` is tied when
+absent; the dtype is kept. Conversion goes shard by shard (peak host memory about one shard). DST is written to a
+temporary sibling and renamed into place only when complete; an existing DST is an error.
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ KEY_MAP = (
     (r"^model\.sae\.(.+)$", r"model.sae.\1"),
     (r"^model\.text_mlp\.(.+)$", r"model.selector.text_mlp.\1"),
     (r"^model\.WindowTimeToTokenAttention\.(q_proj|k_proj|out_proj)\.(.+)$", r"model.selector.time_attn.\1.\2"),
+    # pro-v1: the Activation-Beacon parameters → vxlp's VST summary tokens (before the generic layers rule)
+    (r"^model\.beacon_embed_tokens\.weight$", r"model.summary_embed_tokens.weight"),
+    (
+        r"^model\.layers\.(\d+)\.self_attn\.beacon_(q|k|v|o)_proj\.(weight|bias)$",
+        r"model.language_model.layers.\1.self_attn.summary_\2_proj.\3",
+    ),
     (r"^model\.(embed_tokens|layers|norm)\.(.+)$", r"model.language_model.\1.\2"),
     (r"^lm_head\.weight$", r"lm_head.weight"),
 )
@@ -60,12 +73,15 @@ class ConversionError(ValueError):
 @dataclass
 class ConversionReport:
     """What :func:`convert_released` did: ``variant``, ``dtype``, ``num_tensors`` written, ``dropped`` source keys
-    (with reasons), ``tied_lm_head``, ``dst``."""
+    (with reasons), ``copied`` ``(destination, source, reason)`` for destination tensors filled with a copy of another
+    source tensor (pro-v1 summary projections that the checkpoint's ``beacon_param`` leaves to the originals),
+    ``tied_lm_head``, ``dst``."""
 
     variant: str
     dtype: str
     num_tensors: int = 0
     dropped: list = field(default_factory=list)
+    copied: list = field(default_factory=list)
     tied_lm_head: bool = False
     dst: str = ""
 
@@ -156,6 +172,146 @@ def detect_variant(keys) -> str:
     return "video-xl-2"
 
 
+# ---------------------------------------------------------------------- pro-v1: the Activation-Beacon settings
+# Video-XL's Activation-Beacon defaults, taken for settings a pro-v1 config.json does not name.
+BEACON_DEFAULTS = {
+    "beacon_pos": "interleave",
+    "beacon_attn": "full-coverage",
+    "beacon_window": 1440,  # 10 frames × 144 tokens
+    "beacon_sink_size": 0,
+    "beacon_attend_prev": True,
+    "beacon_parallel_window": 1,
+    "beacon_param": ["q", "k", "v", "o"],
+}
+BEACON_PROJECTIONS = ("q", "k", "v", "o")
+BEACON_DEFAULT_RATIO = 8  # vxlp's VST default, for a config.json without beacon_ratio
+SUPPORTED_VST_RATIOS = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class BeaconSettings:
+    """A pro-v1 checkpoint's Activation-Beacon settings as vxlp's VST: ``window_groups`` (``vst_window_groups``),
+    ``ratio`` (``vst_ratio``) and ``param``, the projections that have their own beacon weights (the others are
+    the original projections, also for the summary tokens)."""
+
+    window_groups: int
+    ratio: int
+    param: tuple
+
+
+def _int_setting(value, key: str, config_path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConversionError(f"{config_path}: {key} = {value!r} is not an integer")
+    return value
+
+
+def beacon_settings(src_config: dict, keys, tokens_per_group: int, config_path: str) -> BeaconSettings:
+    """The VST settings of a pro-v1 checkpoint from its config.json (and its key names).
+
+    - ``vst_window_groups = beacon_window // tokens_per_group`` (Video-XL: 1440 = 10 groups × 144 tokens); the window
+      must hold a whole number of groups. ``beacon_stride`` must equal ``beacon_window`` (no overlapping windows).
+    - ``vst_ratio`` from ``beacon_ratio`` (a list of the ratios trained with, or one integer): a single value is
+      taken as is and must be one of 1, 2, 4, 8, 16; from several, inference takes the largest that vxlp supports
+      among 2, 4, 8, 16 (the strongest compression trained; other values in the list are ignored; pass ``vst_ratio``
+      per call to choose another). ``beacon_ratio_mix`` (how training drew the ratio) is not read.
+    - ``beacon_param``: the projections with their own beacon weights, among q, k, v, o (the released code gives
+      the beacon tokens the original projection for the others: their summary projection is then a copy of the
+      original). It must agree with the ``beacon_{q,k,v,o}_proj`` keys present.
+    - Refused, naming the setting (vxlp's VST does not implement them): ``beacon_pos`` other than ``"interleave"``,
+      ``beacon_attn`` other than ``"full-coverage"``, ``beacon_sink_size > 0``, ``beacon_stride != beacon_window``,
+      ``beacon_attend_prev = false``, ``beacon_parallel_window != 1``, and beacon MLP weights (``"mlp"`` in
+      ``beacon_param``, or any key naming both ``beacon`` and ``mlp``).
+
+    A setting the config lacks takes Video-XL's default (:data:`BEACON_DEFAULTS`: interleave, full-coverage, a
+    window of 1,440 tokens, no sink, beacon weights for q, k, v and o; ``beacon_stride`` defaults to the window);
+    without ``beacon_ratio`` the ratio is vxlp's default, 8.
+
+    Raises ConversionError naming the setting or key.
+    """
+    cfg = {**BEACON_DEFAULTS, **{k: v for k, v in src_config.items() if k.startswith("beacon_")}}
+    mlp_keys = sorted(k for k in keys if "beacon" in k and "mlp" in k)
+    if mlp_keys:
+        raise ConversionError(
+            f"{mlp_keys[0]}: beacon MLP weights (beacon_param 'mlp') are not supported: vxlp's VST summary tokens use the "
+            "LLM's own MLP"
+        )
+    param = cfg["beacon_param"]
+    if isinstance(param, str):
+        param = param.replace(",", " ").split()
+    if not isinstance(param, (list, tuple)) or not all(isinstance(p, str) for p in param):
+        raise ConversionError(f"{config_path}: beacon_param = {cfg['beacon_param']!r} is not a list of names")
+    if "mlp" in param:
+        raise ConversionError(
+            f"{config_path}: beacon_param = {cfg['beacon_param']!r} includes 'mlp' (beacon MLP weights), which vxlp's VST "
+            "does not support"
+        )
+    unknown = [p for p in param if p not in BEACON_PROJECTIONS]
+    if unknown:
+        raise ConversionError(
+            f"{config_path}: beacon_param = {cfg['beacon_param']!r}: unknown {unknown} (expected among q, k, v, o)"
+        )
+    for key, want in (("beacon_pos", "interleave"), ("beacon_attn", "full-coverage")):
+        if cfg[key] != want:
+            raise ConversionError(f"{config_path}: {key} = {cfg[key]!r} is not supported: vxlp's VST implements {want!r} only")
+    if _int_setting(cfg["beacon_sink_size"], "beacon_sink_size", config_path) > 0:
+        raise ConversionError(
+            f"{config_path}: beacon_sink_size = {cfg['beacon_sink_size']} is not supported: vxlp's VST keeps no sink tokens"
+        )
+    if cfg["beacon_attend_prev"] is not True:
+        raise ConversionError(
+            f"{config_path}: beacon_attend_prev = {cfg['beacon_attend_prev']!r} is not supported: in vxlp's VST every token "
+            "of a window attends to the summaries of the previous windows"
+        )
+    if _int_setting(cfg["beacon_parallel_window"], "beacon_parallel_window", config_path) != 1:
+        raise ConversionError(
+            f"{config_path}: beacon_parallel_window = {cfg['beacon_parallel_window']} is not supported (1 only)"
+        )
+    window = _int_setting(cfg["beacon_window"], "beacon_window", config_path)
+    stride = _int_setting(cfg.get("beacon_stride", window), "beacon_stride", config_path)
+    if stride != window:
+        raise ConversionError(
+            f"{config_path}: beacon_stride = {stride} differs from beacon_window = {window}: overlapping windows are not "
+            "supported by vxlp's VST"
+        )
+    if window < 1 or window % tokens_per_group:
+        raise ConversionError(
+            f"{config_path}: beacon_window = {window} is not a positive multiple of the {tokens_per_group} visual tokens "
+            "per group: vxlp's VST windows hold whole groups"
+        )
+    ratio = cfg.get("beacon_ratio", BEACON_DEFAULT_RATIO)
+    values = list(ratio) if isinstance(ratio, (list, tuple)) else [ratio]
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ConversionError(f"{config_path}: beacon_ratio = {ratio!r} is not an integer or a non-empty list of integers")
+    if len(values) == 1:
+        chosen = values[0]
+        if chosen not in SUPPORTED_VST_RATIOS:
+            raise ConversionError(
+                f"{config_path}: beacon_ratio = {ratio!r}: vxlp's VST supports the ratios {SUPPORTED_VST_RATIOS}"
+            )
+    else:
+        usable = [v for v in values if v in SUPPORTED_VST_RATIOS[1:]]
+        if not usable:
+            raise ConversionError(
+                f"{config_path}: beacon_ratio = {ratio!r} holds none of the ratios vxlp's VST supports "
+                f"{SUPPORTED_VST_RATIOS[1:]}"
+            )
+        chosen = max(usable)
+    for p in BEACON_PROJECTIONS:
+        has = any(re.match(rf"^model\.layers\.\d+\.self_attn\.beacon_{p}_proj\.", k) for k in keys)
+        if p in param and not has:
+            raise ConversionError(
+                f"{config_path}: beacon_param = {cfg['beacon_param']!r} names {p!r} but the checkpoint has no "
+                f"model.layers.N.self_attn.beacon_{p}_proj weights"
+            )
+        if p not in param and has:
+            raise ConversionError(
+                f"{config_path}: the checkpoint has model.layers.N.self_attn.beacon_{p}_proj weights but beacon_param = "
+                f"{cfg['beacon_param']!r} leaves {p!r} out (the released code would not use them)"
+            )
+    own = tuple(p for p in BEACON_PROJECTIONS if p in param)
+    return BeaconSettings(window_groups=window // tokens_per_group, ratio=chosen, param=own)
+
+
 # ---------------------------------------------------------------------- configuration
 def build_config(src_config: dict, shapes: dict, variant: str, video_token_id: int, tokenizer, config_path: str):
     """The :class:`VideoXLProConfig` of a released folder, from its config.json and the weight shapes."""
@@ -228,26 +384,35 @@ def build_config(src_config: dict, shapes: dict, variant: str, video_token_id: i
     table = shapes.get("model.sae.encoder.1.relative_position_k.embeddings_table")
     if table is None:
         raise ConversionError("model.sae.encoder.1.relative_position_k.embeddings_table is missing")
-    selector = {"pro-v2": dict(selector_impl="released_v2", selector_mode="ratio", selector_keep_ratio=0.845)}.get(
-        variant, dict(selector_impl="none", selector_mode="off")
-    )
+    selector = {
+        "pro-v2": dict(selector_impl="released_v2", selector_mode="ratio", selector_keep_ratio=0.845),
+        # RELEASED.md §4: k = min(144·G, 9600) visual tokens, rounded down to a multiple of 16
+        "pro-v1": dict(selector_impl="released_v1", selector_mode="budget", selector_budget=9600),
+    }.get(variant, dict(selector_impl="none", selector_mode="off"))
+    dts_grid = int(src_config.get("dts_grid", 24))
+    pool = int(src_config.get("mm_spatial_pool_stride", 2))
+    llm = {}
+    if variant == "pro-v1":
+        beacon = beacon_settings(src_config, shapes, (dts_grid // pool) ** 2, config_path)
+        llm = dict(llm_compression="vst", vst_window_groups=beacon.window_groups, vst_ratio=beacon.ratio)
     dtype = shapes["model.embed_tokens.weight"][1]
     return VideoXLProConfig(
         vision_config=vision,
         text_config=text,
         frames_per_group=4,
-        dts_grid=int(src_config.get("dts_grid", 24)),
+        dts_grid=dts_grid,
         dts_norm_groups=32,
         dts_norm_eps=1e-6,
         dts_max_relative_position=(table[0][0] - 1) // 2,
         token_layout="released",
         transposed_rel_k=True,
         recot_decoder_layers=0,
-        pool_size=int(src_config.get("mm_spatial_pool_stride", 2)),
+        pool_size=pool,
         selector_num_heads=4,
         video_token_id=video_token_id,
         dtype=str(dtype).replace("torch.", "") if dtype is not None else None,
         **selector,
+        **llm,
     )
 
 
@@ -268,11 +433,16 @@ def map_key(key: str, variant: str) -> tuple[str | None, str | None]:
 
 # ---------------------------------------------------------------------- conversion
 def _convert_shard(fmt: str, path: str, plan: dict, out_path: str, weight_map: dict, sizes: dict) -> None:
-    """Read one source shard, rename its tensors, write them as one destination shard (nothing kept after)."""
+    """Read one source shard, rename its tensors (``plan``: source key → destination keys), write them as one
+    destination shard (nothing kept after)."""
     from safetensors.torch import save_file
 
     sd = _read_shard(fmt, path)
-    out = {plan[k]: v.contiguous() for k, v in sd.items() if k in plan}
+    out = {}
+    for k, v in sd.items():
+        for i, new in enumerate(plan.get(k, ())):
+            # a second destination of the same tensor gets its own storage (safetensors refuses shared tensors)
+            out[new] = v.contiguous() if i == 0 else v.clone(memory_format=torch.contiguous_format)
     del sd
     if out:
         save_file(out, out_path, metadata={"format": "pt"})
@@ -290,8 +460,9 @@ def convert_released(src: str, dst: str, *, progress: bool = False) -> Conversio
     Raises:
         FileNotFoundError: ``src`` or one of its files (config.json, a shard named by the index, the tokenizer).
         FileExistsError: ``dst`` exists (never overwritten).
-        ConversionError (a ValueError): wrong ``model_type``, the refused pro-v1 variant, unknown keys, keys the
-        model needs but the checkpoint lacks, shape mismatches, unreadable files — naming the file or key.
+        ConversionError (a ValueError): wrong ``model_type``, unknown keys, keys the model needs but the checkpoint
+        lacks, shape mismatches, unreadable files, pro-v1 Activation-Beacon settings vxlp does not implement
+        (:func:`beacon_settings`) — naming the file, key or setting.
     """
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer, GenerationConfig, PretrainedConfig
@@ -320,12 +491,6 @@ def convert_released(src: str, dst: str, *, progress: bool = False) -> Conversio
                 raise ConversionError(f"{path}: key {k!r} also appears in {owner[k]}")
             shapes[k], owner[k] = v, path
     variant = detect_variant(shapes)
-    if variant == "pro-v1":
-        raise ConversionError(
-            f"{src}: this is the paper-era Video-XL-Pro (pro-v1): its LLM is Video-XL's Activation-Beacon Qwen2 with visual "
-            "summarization tokens (beacon_* keys), which vxlp does not implement yet (SPEC §8, VST). Convert a pro-v2 "
-            "(Video-XL-Pro-3B) or Video-XL-2 checkpoint instead."
-        )
     try:
         # config= keeps transformers from reading the released config.json (model_type "llava_qwen" is unknown to it)
         tokenizer = AutoTokenizer.from_pretrained(src, config=PretrainedConfig())
@@ -346,18 +511,35 @@ def convert_released(src: str, dst: str, *, progress: bool = False) -> Conversio
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
     report = ConversionReport(variant=variant, dtype=str(config.dtype).replace("torch.", ""), tied_lm_head=config.tie_word_embeddings)
-    plan: dict[str, str] = {}
+    # pro-v1: projections that beacon_param leaves to the originals are copied into the summary projections
+    copied_proj = ()
+    if variant == "pro-v1":
+        own = beacon_settings(src_config, shapes, config.tokens_per_group, config_path).param
+        copied_proj = tuple(p for p in BEACON_PROJECTIONS if p not in own)
+    plan: dict[str, list[str]] = {}
+    filled: dict[str, str] = {}
     for key, (shape, _) in shapes.items():
         new, reason = map_key(key, variant)
         if new is None:
             report.dropped.append((key, reason))
             continue
-        if new not in expected:
-            raise ConversionError(f"{owner[key]}: key {key!r} maps to {new!r}, which the {variant} model does not have")
-        if tuple(shape) != expected[new]:
-            raise ConversionError(f"{owner[key]}: {key} has shape {tuple(shape)}, expected {expected[new]} for {new}")
-        plan[key] = new
-    missing = sorted(set(expected) - set(plan.values()))
+        targets = [new]
+        m = re.match(r"^model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)$", key) if copied_proj else None
+        if m and m.group(2) in copied_proj:
+            extra = f"model.language_model.layers.{m.group(1)}.self_attn.summary_{m.group(2)}_proj.{m.group(3)}"
+            targets.append(extra)
+            why = f"beacon_param has no {m.group(2)!r}: the summary tokens use the original projection"
+            report.copied.append((extra, key, why))
+        for t in targets:
+            if t not in expected:
+                raise ConversionError(f"{owner[key]}: key {key!r} maps to {t!r}, which the {variant} model does not have")
+            if tuple(shape) != expected[t]:
+                raise ConversionError(f"{owner[key]}: {key} has shape {tuple(shape)}, expected {expected[t]} for {t}")
+            if t in filled:
+                raise ConversionError(f"{owner[key]}: keys {filled[t]!r} and {key!r} both map to {t!r}")
+            filled[t] = key
+        plan[key] = targets
+    missing = sorted(set(expected) - set(filled))
     if missing:
         raise ConversionError(f"{src}: the checkpoint lacks weights the {variant} model needs: {missing[:8]}{' …' if len(missing) > 8 else ''}")
 
@@ -393,12 +575,18 @@ def convert_released(src: str, dst: str, *, progress: bool = False) -> Conversio
             video_processor,
             tokenizer,
             tokens_per_group=config.tokens_per_group,
-            time_format="Time {t:.1f}s:" if variant == "video-xl-2" else RELEASED_TIME_FORMAT,
+            # the paper-era model (pro-v1) has no time text (RELEASED.md §4)
+            time_format={"video-xl-2": "Time {t:.1f}s:", "pro-v1": ""}.get(variant, RELEASED_TIME_FORMAT),
         )
         processor.save_pretrained(tmp)
         with open(os.path.join(tmp, "vxlp_conversion.json"), "w") as f:
             json.dump(
-                {"source": src, "variant": variant, "format": fmt, "dropped": [list(x) for x in report.dropped]}, f, indent=2
+                {
+                    "source": src, "variant": variant, "format": fmt, "dropped": [list(x) for x in report.dropped],
+                    "copied": [list(x) for x in report.copied],
+                },
+                f,
+                indent=2,
             )
         if os.path.exists(dst):
             raise FileExistsError(f"{dst} appeared during the conversion: not overwritten")

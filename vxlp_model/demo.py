@@ -152,6 +152,28 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def needle_training_sampler(haystack: torch.Tensor, train_frames: int, two_needle_fraction: float, max_time: float):
+    """The demo's QA training distribution: ``sample_fn(generator) -> (frames, timestamps, question, answer)`` with
+    1 … ``train_frames`` haystack frames, a random depth, ``two_needle_fraction`` two-needle questions, a frame rate
+    from :data:`TRAIN_FPS` and a start time anywhere in ``[0, max_time]`` s (half the samples) or the first hour."""
+
+    def sample_fn(gen):
+        length = int(torch.randint(1, train_frames + 1, (), generator=gen))
+        depth = float(torch.rand((), generator=gen))
+        variant = "two" if float(torch.rand((), generator=gen)) < two_needle_fraction else "single"
+        fps = TRAIN_FPS[int(torch.randint(0, len(TRAIN_FPS), (), generator=gen))]
+        span = (length + 2) / fps
+        # half the offsets anywhere in the time text's range, half in the first hour (where short videos live)
+        high = max_time - span if float(torch.rand((), generator=gen)) < 0.5 else 3600.0
+        offset = round(float(torch.rand((), generator=gen)) * high, 1)
+        # half the haystacks are consecutive real frames (as every long haystack is), half spread over the clips
+        consecutive = float(torch.rand((), generator=gen)) < 0.5
+        s = make_needle_sample(haystack, length, depth, gen, variant=variant, fps=fps, time_offset=offset, consecutive=consecutive)
+        return s.frames, s.timestamps, s.question, s.answer
+
+    return sample_fn
+
+
 def run_demo(
     out_dir: str = "./vxlp-demo",
     seed: int = 0,
@@ -211,20 +233,7 @@ def run_demo(
     recot_hist = train_recot(model, processor, haystack, recot_steps, lr=2e-3, seed=seed, progress=progress)
     t_qa = time.time()
 
-    def sample_fn(gen):
-        length = int(torch.randint(1, train_frames + 1, (), generator=gen))
-        depth = float(torch.rand((), generator=gen))
-        variant = "two" if float(torch.rand((), generator=gen)) < two_needle_fraction else "single"
-        fps = TRAIN_FPS[int(torch.randint(0, len(TRAIN_FPS), (), generator=gen))]
-        span = (length + 2) / fps
-        # half the offsets anywhere in the time text's range, half in the first hour (where short videos live)
-        high = max_time - span if float(torch.rand((), generator=gen)) < 0.5 else 3600.0
-        offset = round(float(torch.rand((), generator=gen)) * high, 1)
-        # half the haystacks are consecutive real frames (as every long haystack is), half spread over the clips
-        consecutive = float(torch.rand((), generator=gen)) < 0.5
-        s = make_needle_sample(haystack, length, depth, gen, variant=variant, fps=fps, time_offset=offset, consecutive=consecutive)
-        return s.frames, s.timestamps, s.question, s.answer
-
+    sample_fn = needle_training_sampler(haystack, train_frames, two_needle_fraction, max_time)
     qa_hist = train_qa(
         model, processor, sample_fn, qa_steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
         freeze_vision=freeze_vision, selector_mode="budget", selector_distill_weight=selector_distill_weight,

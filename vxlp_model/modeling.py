@@ -39,7 +39,16 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 from .config import VideoXLProConfig, validate_selector_args
 from .dts import DTSEncoder, ReCoTDecoder, RelativePosition, SemanticGuidedMasking, frames_to_groups
 from .processing import ANSWER, IGNORE_INDEX, QUERY, TIME, VIDEO
-from .selector import QueryAwareSelector, keep_all
+from .llm_compression import (
+    CompressedQwen2Attention,
+    assemble_cache,
+    choose_groups,
+    install_compressed_attention,
+    lp_comp_prefill,
+    qc_comp_scores,
+    vst_prefill,
+)
+from .selector import QueryAwareSelector, Selection, block_layout, keep_all
 from .vision import VisionTower
 from vxlp_ops.reference.sgm import min_max
 
@@ -55,7 +64,8 @@ class VideoXLProModelOutputWithPast(BaseModelOutputWithPast):
     with it (when labels were given), and ``selection``: per sample a dict with ``positions`` (int64 ``[K]``: the
     kept visual tokens' positions in the compacted sequence), ``scores`` (float ``[K]``, their selector scores, or
     None) and ``kept_visual`` (indices among the sample's visual tokens) — None for samples without video. All
-    these are None when no video was spliced (decoding steps, text-only calls).
+    these are None when no video was spliced (decoding steps, text-only calls). ``summary_tokens``: per sample, the
+    VST summary tokens made (``llm_compression = "vst"``), else None.
     """
 
     attention_mask: torch.Tensor | None = None
@@ -63,6 +73,7 @@ class VideoXLProModelOutputWithPast(BaseModelOutputWithPast):
     labels: torch.Tensor | None = None
     selection: list | None = None
     relevance: list | None = None
+    summary_tokens: list | None = None
 
 
 @dataclass
@@ -76,6 +87,7 @@ class VideoXLProCausalLMOutputWithPast(CausalLMOutputWithPast):
     labels: torch.Tensor | None = None
     selection: list | None = None
     selector_distill_loss: torch.Tensor | None = None
+    summary_tokens: list | None = None
 
 
 @dataclass
@@ -146,7 +158,27 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
         if config.selector_impl != "none":
             self.selector = QueryAwareSelector(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        if config.llm_compression != "none":
+            vst = config.llm_compression == "vst"
+            install_compressed_attention(self.language_model, summary_projections=vst)
+            if vst:
+                self.summary_embed_tokens = nn.Embedding(1, d)
         self.post_init()
+        self.init_summary_from_originals()
+
+    @torch.no_grad()
+    def init_summary_from_originals(self) -> None:
+        """VST (Video-XL §3.2): the summary tokens' q/k/v/o projections start as copies of the originals, their
+        embedding as the EOS embedding (the mean embedding when the text config names no EOS). No-op otherwise."""
+        if self.config.llm_compression != "vst":
+            return
+        for layer in self.language_model.layers:
+            layer.self_attn.init_summary_from_originals()
+        table = self.get_input_embeddings().weight
+        eos = self.config.text_config.eos_token_id
+        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        row = table[eos] if eos is not None and 0 <= eos < table.shape[0] else table.mean(0)
+        self.summary_embed_tokens.weight.copy_(row[None].to(self.summary_embed_tokens.weight.dtype))
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -344,7 +376,8 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
         embed = self.get_input_embeddings()
         p = cfg.tokens_per_group
         video_iter = iter(videos)
-        rows, row_labels, selection = [], [], []
+        rows, row_labels, selection, row_groups = [], [], [], []
+        select_how = cfg.frame_selection if cfg.selector_impl != "none" or cfg.frame_selection != "selector" else "none"
         for i in range(b):
             real = attention_mask[i].bool()
             ids, types = input_ids[i][real], token_type_ids[i][real]
@@ -354,6 +387,7 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
                 rows.append(embed(ids))
                 row_labels.append(lab)
                 selection.append(None)
+                row_groups.append(torch.full((ids.shape[0],), -1, dtype=torch.long, device=ids.device))
                 continue
             outside = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
             for s, e in blocks:
@@ -362,8 +396,8 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
             # and for a long video they would take as much memory as the visual tokens
             query_rows = (types == QUERY) if cfg.selector_impl == "vxlp" else (outside & (types != ANSWER))
             text = embed(ids[query_rows])
-            pieces, lab_pieces, kept_pos, kept_scores, kept_vis = [], [], [], [], []
-            cursor, out_len, vis_offset = 0, 0, 0
+            pieces, lab_pieces, kept_pos, kept_scores, kept_vis, grp_pieces = [], [], [], [], [], []
+            cursor, out_len, vis_offset, group_offset = 0, 0, 0, 0
             for s, e in blocks:
                 try:
                     vis = next(video_iter)
@@ -381,8 +415,12 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
                 time_group = vis_before // p
                 time_rows = embed(ids[s:e][time_idx])
                 vis = vis.to(dtype=time_rows.dtype)
-                if cfg.selector_impl == "none":
+                if select_how == "none":
                     sel = keep_all(vis.to(time_rows.device), time_rows, time_group)
+                elif select_how == "qc_comp":
+                    prefix = embed(ids[:s][outside[:s]])
+                    q_rows = (torch.arange(e, ids.shape[0], device=ids.device))[outside[e:] & (types[e:] != ANSWER)]
+                    sel = self._qc_comp_select(prefix, vis.to(time_rows.device), time_rows, time_group, embed(ids[q_rows]), mode, budget, ratio)
                 else:
                     sel = self.selector(vis, time_rows, time_group, text, mode, budget, ratio)
                 # the kept rows in block order
@@ -392,6 +430,12 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
                     [torch.zeros_like(sel.time_pos, dtype=torch.bool), torch.ones_like(sel.visual_pos, dtype=torch.bool)]
                 )[order]
                 pieces += [embed(ids[cursor:s]), block_rows]
+                block_groups = torch.cat([time_group[sel.kept_time.to(time_group.device)], sel.kept_visual.to(time_group.device) // p])
+                grp_pieces += [
+                    torch.full((s - cursor,), -1, dtype=torch.long, device=ids.device),
+                    block_groups[order.to(block_groups.device)].to(ids.device) + group_offset,
+                ]
+                group_offset += g
                 if lab is not None:
                     block_pos = torch.cat([sel.time_pos, sel.visual_pos])[order]
                     lab_pieces += [lab[cursor:s], lab[s:e][block_pos]]
@@ -405,6 +449,8 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
                 cursor = e
             pieces.append(embed(ids[cursor:]))
             rows.append(torch.cat(pieces))
+            grp_pieces.append(torch.full((ids.shape[0] - cursor,), -1, dtype=torch.long, device=ids.device))
+            row_groups.append(torch.cat(grp_pieces))
             if lab is not None:
                 lab_pieces.append(lab[cursor:])
                 row_labels.append(torch.cat(lab_pieces))
@@ -421,7 +467,8 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
             raise ValueError("more videos were given than the prompts have video blocks")
         new_len = max(r.shape[0] for r in rows)
         max_pos = getattr(cfg.text_config, "max_position_embeddings", None)
-        if max_pos is not None and new_len > max_pos:
+        # VST positions are compact (text and summary tokens only): vst_prefill checks its own bound
+        if max_pos is not None and new_len > max_pos and cfg.llm_compression != "vst":
             raise ValueError(
                 f"the prompt holds {new_len} tokens after the selector, more than the LLM's {max_pos} positions: lower "
                 "selector_budget or selector_keep_ratio (in budget mode the vxlp selector bounds the video block at any length)"
@@ -432,17 +479,76 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
         # padding gets position 1, as transformers does: a 0 there would read as the start of a packed sequence
         positions = torch.ones((b, new_len), dtype=torch.long, device=input_ids.device)
         out_labels = torch.full((b, new_len), IGNORE_INDEX, dtype=torch.long, device=input_ids.device) if labels is not None else None
+        groups = torch.full((b, new_len), -1, dtype=torch.long, device=input_ids.device)
         for i, r in enumerate(rows):
             n = r.shape[0]
             off = new_len - n  # left padding: generation appends on the right
             embeds[i, off : off + n] = r
+            groups[i, off : off + n] = row_groups[i]
             mask[i, off : off + n] = 1
             positions[i, off : off + n] = torch.arange(n, device=input_ids.device)
             if out_labels is not None:
                 out_labels[i, off : off + n] = row_labels[i]
             if selection[i] is not None and off:
                 selection[i]["positions"] = selection[i]["positions"] + off
-        return {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, "labels": out_labels, "selection": selection}
+        return {
+            "inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, "labels": out_labels, "selection": selection,
+            "row_group": groups,
+        }
+
+    def _compressed_forward(self, spliced: dict, use_cache: bool | None, vst_ratio: int | None) -> "VideoXLProModelOutputWithPast":
+        """The LLM with VST or LP-Comp over each sample of a spliced batch (see :meth:`forward`)."""
+        cfg = self.config
+        ratio = cfg.vst_ratio if vst_ratio is None else vst_ratio
+        if cfg.llm_compression == "vst" and ratio not in (1, 2, 4, 8, 16):
+            raise ValueError(f"vst_ratio must be one of (1, 2, 4, 8, 16), got {ratio!r}")
+        embeds, mask, positions = spliced["inputs_embeds"], spliced["attention_mask"], spliced["position_ids"]
+        hidden = torch.zeros_like(embeds)
+        prefills = []
+        for i in range(embeds.shape[0]):
+            real = mask[i].bool()
+            emb, grp = embeds[i][real][None], spliced["row_group"][i][real]
+            if cfg.llm_compression == "vst":
+                pf = vst_prefill(
+                    self.language_model, self.summary_embed_tokens.weight, emb, grp, cfg.vst_window_groups, ratio, cfg.vst_dynamic_ratio
+                )
+            else:
+                pf = lp_comp_prefill(self.language_model, emb, grp, positions[i][real], cfg.lp_comp_final_tokens)
+            hidden = hidden.index_put((torch.full_like(grp, i), real.nonzero().squeeze(-1)), pf.hidden[0])
+            prefills.append(pf)
+        cache, kept_mask, kept_positions = assemble_cache(prefills)
+        return VideoXLProModelOutputWithPast(
+            last_hidden_state=hidden,
+            cache=cache if use_cache or use_cache is None and not self.training else None,
+            attention_mask=kept_mask,
+            position_ids=kept_positions,
+            labels=spliced["labels"],
+            selection=spliced["selection"],
+            summary_tokens=[p.summary_tokens for p in prefills],
+        )
+
+    def _qc_comp_select(self, prefix, vis, time_rows, time_group, question, mode, budget, ratio) -> Selection:
+        """QC-Comp (XComp §3.3) for one video block: score the groups by the LLM's attention from the question
+        over segments (:func:`vxlp_model.llm_compression.qc_comp_scores`) and keep the best within the selector's
+        mode / budget / ratio; the kept groups keep all their rows (time text and visual tokens)."""
+        g, p, d = vis.shape
+        time_pos, visual_pos = block_layout(time_group, g, p)
+        n_time = torch.bincount(time_group, minlength=g)
+        time_start = torch.cumsum(n_time, 0) - n_time
+        group_rows = [
+            torch.cat([time_rows[int(time_start[j]) : int(time_start[j] + n_time[j])], vis[j].to(time_rows.dtype)]) for j in range(g)
+        ]
+        if mode == "off":
+            scores = torch.zeros(g, device=vis.device)
+        else:
+            scores = qc_comp_scores(self.language_model, prefix, group_rows, [p] * g, question, self.config.qc_segment_groups)
+        keep = choose_groups(scores, n_time + p, mode, budget, ratio)
+        kept_visual = keep[:, None].expand(g, p).reshape(-1).nonzero().squeeze(-1)
+        kept_time = keep[time_group]
+        return Selection(
+            kept_visual, vis.reshape(g * p, d)[kept_visual].to(time_rows.dtype), kept_time, time_rows[kept_time],
+            visual_pos[kept_visual], time_pos[kept_time], None,
+        )
 
     def forward(
         self,
@@ -461,6 +567,7 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
         selector_budget: int | None = None,
         selector_keep_ratio: float | None = None,
         relevance_rows: bool = False,
+        vst_ratio: int | None = None,
         **kwargs,
     ) -> VideoXLProModelOutputWithPast:
         """Splice video into the prompt (when video inputs are given), select, compact, and run the LLM.
@@ -470,7 +577,16 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
         float ``[ΣG_v, P, d]`` (precomputed visual tokens) with ``video_num_frames`` = ``frames_per_group · G_v``.
         ``selector_mode`` / ``selector_budget`` / ``selector_keep_ratio`` override the config's defaults for this
         call. ``relevance_rows`` (training): also return, per sample, the LLM's attention from the positions that
-        predict a labelled token to the kept visual tokens (see :meth:`VideoXLProForConditionalGeneration.forward`).
+        predict a labelled token to the kept visual tokens (see :meth:`VideoXLProForConditionalGeneration.forward`;
+        not computed when ``llm_compression != "none"``). ``vst_ratio`` overrides ``config.vst_ratio`` for this call
+        (the training curriculum draws it per step).
+
+        With ``llm_compression != "none"`` and video inputs, the LLM runs through
+        :mod:`vxlp_model.llm_compression`, one sample at a time: ``last_hidden_state`` is ``[B, L', d]`` over the
+        compacted prompt (aligned with ``labels``), while ``cache`` (a
+        :class:`vxlp_model.llm_compression.CompressedCache`), ``attention_mask`` and ``position_ids`` describe what
+        the LLM keeps (``[B, M]``: for VST, the text and the summary tokens at compact positions; for LP-Comp,
+        layer 0's rows) — what generation continues from.
 
         Raises:
             ValueError: video inputs without ``input_ids`` / ``token_type_ids``, both pixels and embeddings, video
@@ -496,6 +612,8 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
             attention_mask, position_ids = spliced["attention_mask"], spliced["position_ids"]
             out_labels, selection = spliced["labels"], spliced["selection"]
             input_ids = None
+            if self.config.llm_compression != "none":
+                return self._compressed_forward(spliced, use_cache, vst_ratio)
         hooks = []
         if relevance_rows and selection is not None and out_labels is not None:
             relevance = [torch.zeros(0) if s is None else torch.zeros(s["positions"].numel()) for s in selection]
@@ -554,6 +672,7 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         self.model = VideoXLProModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        self.model.init_summary_from_originals()
         gc = self.generation_config
         if gc is not None:
             text = config.text_config
@@ -569,7 +688,12 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isdir(path) and is_legacy_checkpoint(path):
             return load_legacy_checkpoint(cls, path, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        # a checkpoint without VST weights loaded as a VST model: the summary tokens start from the originals
+        if any("summary_" in k for k in info.get("missing_keys", ())):
+            model.model.init_summary_from_originals()
+        return (model, info) if want_info else model
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -680,6 +804,7 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
             labels=outputs.labels,
             selection=outputs.selection,
             selector_distill_loss=distill_loss,
+            summary_tokens=outputs.summary_tokens,
         )
 
     # ------------------------------------------------------------------ generation (GenerationMixin hooks)

@@ -328,13 +328,25 @@ class VideoChat:
         generate_kwargs.setdefault("do_sample", False)
         _sync(dev)
         t0 = time.perf_counter()
-        out = model.generate(
-            inputs_embeds=spliced["inputs_embeds"],
-            attention_mask=spliced["attention_mask"],
-            max_new_tokens=max_new_tokens,
-            logits_processor=[mark],
-            **generate_kwargs,
-        )
+        if model.config.llm_compression != "none":
+            # VST / LP-Comp run inside forward: the prefill splices (and selects) again, then compresses; its time
+            # is in "prefill" (the "selector" row above is the splice measured alone)
+            fpg = model.config.frames_per_group
+            out = model.generate(
+                input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"], attention_mask=enc["attention_mask"],
+                video_embeds=torch.cat([e.tokens.to(dev) for e, _ in pairs]),
+                video_num_frames=torch.tensor([e.tokens.shape[0] * fpg for e, _ in pairs], device=dev),
+                selector_mode=selector_mode, selector_budget=selector_budget, selector_keep_ratio=selector_keep_ratio,
+                max_new_tokens=max_new_tokens, logits_processor=[mark], **generate_kwargs,
+            )[:, enc["input_ids"].shape[1] :]
+        else:
+            out = model.generate(
+                inputs_embeds=spliced["inputs_embeds"],
+                attention_mask=spliced["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                logits_processor=[mark],
+                **generate_kwargs,
+            )
         _sync(dev)
         t1 = time.perf_counter()
         first = marks[0] if marks else t1

@@ -86,6 +86,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     s = t.add_argument_group("stage settings")
     s.add_argument("--selector-mode", choices=("off", "ratio", "budget"), help="default: ratio (finetune), off (projector)")
     s.add_argument("--keep-ratio-range", type=_floats(2), default=(0.70, 0.95))
+    s.add_argument("--vst-ratios", type=int, nargs="+", default=(2, 4, 8, 16),
+                   help="VST models: compression ratios of the training curriculum (mild first, all by the end)")
     s.add_argument("--selector-budget", type=int)
     s.add_argument("--distill-weight", type=float, default=0.0, help="selector relevance distillation weight (0: released training)")
     s.add_argument("--distill-temperature", type=float, default=10.0)

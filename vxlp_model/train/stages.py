@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from ..llm_compression import vst_curriculum_ratio
 from ..processing import conversation
 from .loop import train_loop
 
@@ -91,6 +92,7 @@ def train_qa(
     selector_distill_temperature: float = 10.0,
     progress: bool = True,
     desc: str = "QA",
+    vst_ratios: tuple[int, ...] = (2, 4, 8, 16),
 ) -> list[dict]:
     """Supervised fine-tuning on (video, question, answer) samples; loss on the answer tokens only (SPEC §6).
 
@@ -105,6 +107,8 @@ def train_qa(
         selector_distill_weight, selector_distill_temperature: weight and temperature of the selector's relevance
             distillation (our design; 0 = the released training), see
             :meth:`VideoXLProForConditionalGeneration.forward`.
+        vst_ratios: a model with ``llm_compression = "vst"`` draws its compression ratio per step from this
+            curriculum (:func:`vxlp_model.llm_compression.vst_curriculum_ratio`).
 
     Returns: the per-step history (``loss`` — the optimised total —, ``lm_loss``, and ``distill`` when distilling).
     """
@@ -135,6 +139,8 @@ def train_qa(
             call["selector_budget"] = selector_budget
         if selector_distill_weight > 0:
             call["selector_distill_temperature"] = selector_distill_temperature
+        if getattr(model.config, "llm_compression", "none") == "vst":
+            call["vst_ratio"] = vst_curriculum_ratio(step, steps, gen, vst_ratios)
         out = model(**batch, **call)
         loss, logs = out.loss, {"lm_loss": float(out.loss.detach())}
         if out.selector_distill_loss is not None:

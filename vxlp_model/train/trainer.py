@@ -52,6 +52,7 @@ from .data import (
 from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed, local_value, shard_model, shutdown
 from .loader import EpochOrder, RobustLoader, SampleDataset, rank_positions
 from .metrics import MetricsLogger, plot_loss_curve, read_metrics
+from ..llm_compression import vst_curriculum_ratio
 from .stages import draw_keep_ratio
 from .state import CheckpointManager, build_skeleton, export_model, write_atomic
 
@@ -78,7 +79,7 @@ _FINGERPRINT = (
     "min_lr_ratio", "weight_decay", "grad_clip", "adam_betas", "adam_eps", "precision", "seed", "shuffle", "fps",
     "max_frames", "max_length", "freeze", "selector_mode", "keep_ratio_range", "selector_budget", "distill_weight",
     "distill_temperature", "mask_ratio", "pool", "score_loss_weight", "clips_per_video", "recot_decoder_layers",
-    "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+    "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "vst_ratios",
 )
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -104,7 +105,8 @@ class TrainConfig:
 
     Stage settings: ``freeze`` (finetune groups kept fixed), ``selector_mode`` (default: ``ratio`` in finetune, ``off``
     in projector), ``keep_ratio_range``, ``selector_budget``, ``distill_weight`` / ``distill_temperature`` (the
-    selector's relevance distillation); ReCoT: ``mask_ratio``, ``pool``, ``score_loss_weight``, ``clips_per_video``,
+    selector's relevance distillation), ``vst_ratios`` (a model with ``llm_compression = "vst"``: the compression
+    ratios of the training curriculum, :func:`vxlp_model.llm_compression.vst_curriculum_ratio`); ReCoT: ``mask_ratio``, ``pool``, ``score_loss_weight``, ``clips_per_video``,
     ``recot_decoder_layers`` (for a model without a decoder). LoRA (finetune, optional, needs ``peft``):
     ``lora_rank`` > 0 trains low-rank adapters on the LLM's ``lora_targets`` projections (``lora_alpha``,
     ``lora_dropout``) instead of its weights; the export merges them (a plain model folder).
@@ -152,6 +154,7 @@ class TrainConfig:
     selector_budget: int | None = None
     distill_weight: float = 0.0
     distill_temperature: float = 10.0
+    vst_ratios: tuple = (2, 4, 8, 16)
     mask_ratio: float = 0.5
     pool: float = 0.75
     score_loss_weight: float = 0.1
@@ -233,6 +236,8 @@ class TrainConfig:
         need(len(c.keep_ratio_range) == 2 and 0 < lo <= hi <= 1, f"--keep-ratio-range must be two values 0 < low <= high <= 1, got {c.keep_ratio_range}")
         need(c.selector_budget is None or (c.selector_budget >= 16 and c.selector_budget % 16 == 0), f"--selector-budget must be a positive multiple of 16, got {c.selector_budget}")
         need(c.distill_weight >= 0 and c.distill_temperature > 0, "--distill-weight must be >= 0 and --distill-temperature > 0")
+        c.vst_ratios = tuple(int(r) for r in c.vst_ratios)
+        need(len(c.vst_ratios) >= 1 and set(c.vst_ratios) <= {1, 2, 4, 8, 16}, f"--vst-ratios must be values among 1, 2, 4, 8, 16, got {c.vst_ratios}")
         need(0 <= c.mask_ratio <= c.pool <= 1, f"--mask-ratio and --pool must satisfy 0 <= mask_ratio <= pool <= 1, got {c.mask_ratio}, {c.pool}")
         need(c.score_loss_weight >= 0, f"--score-loss-weight must be >= 0, got {c.score_loss_weight}")
         need(c.clips_per_video >= 1, f"--clips-per-video must be >= 1, got {c.clips_per_video}")
@@ -546,7 +551,7 @@ class _Run:
         return dict(enc)
 
     # --------------------------------------------------------------------------------------------------- step
-    def _forward(self, batch: dict, seed: int):
+    def _forward(self, batch: dict, seed: int, step: int = 0):
         cfg, model = self.cfg, self.model
         if cfg.stage == "recot":
             pixels = batch["pixels"].to(self.dev)
@@ -563,6 +568,8 @@ class _Run:
             call["selector_budget"] = cfg.selector_budget
         if cfg.distill_weight > 0:
             call["selector_distill_temperature"] = cfg.distill_temperature
+        if getattr(model.config, "llm_compression", "none") == "vst":
+            call["vst_ratio"] = vst_curriculum_ratio(step, self.total, gen, cfg.vst_ratios)
         inputs = {k: v.to(self.dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         out = model(**inputs, **call)
         loss, logs = out.loss, {"lm_loss": float(out.loss.detach())}
@@ -652,7 +659,7 @@ class _Run:
                             bad += 1
                             self._note_bad(step, x.bad)
                     batch, weight = (collate(good), 1.0) if good else (self._dummy_batch(), 0.0)
-                    loss, logs, tok, fr = self._forward(batch, micro_seed(cfg.seed, step, info.rank * self.accum + a))
+                    loss, logs, tok, fr = self._forward(batch, micro_seed(cfg.seed, step, info.rank * self.accum + a), step)
                     (loss * (weight / self.accum)).backward()
                     if weight:
                         loss_sum += float(loss.detach())

