@@ -1118,6 +1118,53 @@ def test_dispatch_selects_reference_on_cpu():
         assert callable(impl.forward)
 
 
+def test_dispatcher_is_generic_and_backward_chooses_on_forward_args(monkeypatch):
+    """Per-op rules live in each op's registration (backward_forward_args), none in the dispatcher."""
+    import inspect
+
+    from vxlp_ops._schemas import PUBLIC_OPS
+
+    src = inspect.getsource(dispatch)
+    for op in PUBLIC_OPS:
+        assert f'"{op}"' not in src and f"'{op}'" not in src, f"dispatch.py special-cases {op}"
+    q = rnd(1, 3, 4)
+    visual, query = rnd(2, 5, 4), rnd(2, 3, 4)
+    x, w, rel = rnd(1, 2, 2, 2, 3), rnd(2, 3, 3, 3, 3), rnd(3, 4)
+    cases = {
+        "frame_attention": ((q, q, q, q, 0.5), (q, q, q, 0.5)),
+        "temporal_attention": ((q, q, q, q, rel, rel, True), (q, q, q, rel, rel, True)),
+        "temporal_merge_conv3d": ((rnd(1, 1, 2, 2, 2), x, w, 2), (x, w, None, 2)),
+        "sgm_scores": ((rnd(1, 2, 3), rnd(1, 2, 3, 4), rnd(1, 4), rnd(2, 4)), None),
+        "query_topk_gather": (
+            (rnd(2, 3, 4), rnd(2, 5), visual, query, torch.tensor([[0, 2, 4], [1, 2, 3]]), False),
+            (visual, query, 3, False),
+        ),
+    }
+    for op, (bwd_args, want) in cases.items():
+        got = dispatch._BACKWARD_FORWARD_ARGS[op](*bwd_args)
+        if want is None:
+            want = bwd_args[1:]
+        assert len(got) == len(want), op
+        for a, b in zip(got, want):
+            assert (a is b) if isinstance(b, torch.Tensor) or b is None else a == b, (op, a, b)
+        getattr(vxlp_ops, op).__globals__["check"](*got)  # valid forward arguments of the op
+    # the backward runs on the backend the forward arguments select: a refusing backend is skipped
+    seen = []
+    ref_impl = dispatch._IMPLS["query_topk_gather"]["reference"]
+    fake = dispatch.Impl(
+        ref_impl.forward,
+        lambda *a: seen.append("fake") or ref_impl.backward(*a),
+        lambda visual, query, k, inject: [] if k == 3 else [f"fake needs k = 3, got {k}"],
+    )
+    monkeypatch.setitem(dispatch._IMPLS["query_topk_gather"], "triton", fake)
+    v1 = visual.clone().requires_grad_(True)
+    for k, expect in ((3, ["fake"]), (2, [])):
+        seen.clear()
+        sel, _, _ = vxlp_ops.query_topk_gather(v1, query, k, True)
+        sel.sum().backward()
+        assert seen == expect, k
+
+
 def test_use_backend_cuda_raises_no_backend_error():
     q = rnd(1, 3, 4)
     with vxlp_ops.use_backend("cuda"):

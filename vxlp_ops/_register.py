@@ -18,12 +18,17 @@ def register_op(
     backward_fake: Callable | None = None,
     setup_context: Callable | None = None,
     backward: Callable | None = None,
+    backward_forward_args: Callable | None = None,
 ) -> None:
     """Register the CPU/CUDA kernels (dispatching over backends), the fake kernels and the autograd formula.
 
     ``check(*args)`` validates the forward arguments (raises TypeError/ValueError naming the argument) and runs
-    before every backend and in the fake kernel. ``backward_fake`` is the fake kernel of ``{name}_backward``.
+    before every backend and in the fake kernel. ``backward_fake`` is the fake kernel of ``{name}_backward``;
+    an op with a backward also gives ``backward_forward_args(*backward_args) -> forward_args`` (schema order
+    both), which the dispatcher uses to choose the backward's backend on the forward arguments.
     """
+    if backward_fake is not None and backward_forward_args is None:
+        raise TypeError(f"register_op({name!r}): an op with a backward must give backward_forward_args")
     qual = f"vxlp_ops::{name}"
     fill = _default_filler(name)
     fill_backward = _default_filler(f"{name}_backward") if backward_fake is not None else None
@@ -48,6 +53,7 @@ def register_op(
         def backward_fake_kernel(*args, **kwargs):
             return backward_fake(*fill_backward(args, kwargs))
 
+        dispatch.set_backward_forward_args(name, backward_forward_args)
         torch.library.impl(f"{qual}_backward", ("CPU", "CUDA"), backward_kernel)
         torch.library.register_fake(f"{qual}_backward")(backward_fake_kernel)
     if backward is not None:

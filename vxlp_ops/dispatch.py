@@ -10,6 +10,10 @@ Selection, at every call of an op:
 - otherwise the first of ``cuda, triton, reference`` that can run them. The reference backend runs anything
   valid, so an automatic choice never fails on valid input.
 
+The dispatcher is generic: it knows no op by name. What an op needs beyond its backends (how its backward's
+arguments map back to the forward arguments that backends are chosen on) is declared by the op's own
+registration (:func:`vxlp_ops._register.register_op` → :func:`set_backward_forward_args`).
+
 ``python -m vxlp_ops.info`` prints the table of ops × backends with the reason each one is unavailable.
 """
 
@@ -125,10 +129,15 @@ def call_forward(op: str, args: tuple):
 def call_backward(op: str, args: tuple):
     """Run ``op``'s backward (``args`` in the ``{op}_backward`` schema order) on the selected backend.
 
-    Backends are chosen on the forward arguments, which follow the gradient(s) in ``args``.
+    Backends are chosen on the forward arguments, which the op's own registration recovers from the backward
+    arguments (:func:`set_backward_forward_args`); the dispatcher knows nothing about any particular op.
     """
-    n_grads = 2 if op == "query_topk_gather" else 1
-    fwd_args = _fwd_view(op, args[n_grads:])
+    to_forward = _BACKWARD_FORWARD_ARGS.get(op)
+    if to_forward is None:
+        raise RuntimeError(
+            f"vxlp_ops.{op}: the op's registration declared no backward_forward_args (vxlp_ops._register.register_op)"
+        )
+    fwd_args = tuple(to_forward(*args))
     candidates = (_FORCED,) if _FORCED is not None else PRIORITY
     for name in candidates:
         impl = _IMPLS.get(op, {}).get(name)
@@ -137,12 +146,13 @@ def call_backward(op: str, args: tuple):
     return select(op, fwd_args)[1].backward(*args)
 
 
-def _fwd_view(op: str, fwd_args: tuple) -> tuple:
-    # query_topk_gather_backward carries `indices` where the forward has `k`
-    if op == "query_topk_gather":
-        visual, query, indices, inject = fwd_args
-        return (visual, query, int(indices.shape[-1]), inject)
-    if op == "temporal_merge_conv3d":
-        x, weight, stride_t = fwd_args
-        return (x, weight, None, stride_t)
-    return fwd_args
+_BACKWARD_FORWARD_ARGS: dict[str, Callable[..., tuple]] = {}
+
+
+def set_backward_forward_args(op: str, fn: Callable[..., tuple]) -> None:
+    """Declare how ``op``'s backward arguments map to its forward arguments (the ones backends are chosen on).
+
+    ``fn(*backward_args) -> forward_args``, both in schema order (``{op}_backward`` and ``op``). Each op module
+    declares its own through :func:`vxlp_ops._register.register_op`.
+    """
+    _BACKWARD_FORWARD_ARGS[op] = fn

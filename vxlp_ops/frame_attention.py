@@ -38,6 +38,10 @@ def _backward_fake(grad_out, q, k, v, scale=None):
     return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
+def _backward_forward_args(grad_out, q, k, v, scale=None):
+    return (q, k, v, scale)
+
+
 def _setup_context(ctx, inputs, output):
     q, k, v, scale = inputs
     ctx.save_for_backward(q, k, v)
@@ -50,7 +54,15 @@ def _backward(ctx, grad_out):
     return dq, dk, dv, None
 
 
-register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
+register_op(
+    NAME,
+    check,
+    _fake,
+    backward_fake=_backward_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+    backward_forward_args=_backward_forward_args,
+)
 dispatch.register(NAME, "reference", ref.frame_attention, ref.frame_attention_backward)
 
 

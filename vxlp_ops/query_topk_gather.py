@@ -45,6 +45,11 @@ def _backward_fake(grad_selected, grad_scores, visual, query, indices, inject_sc
     return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (visual, query))
 
 
+def _backward_forward_args(grad_selected, grad_scores, visual, query, indices, inject_scores=True):
+    # the backward carries the chosen ``indices`` where the forward has ``k``
+    return (visual, query, int(indices.shape[-1]), inject_scores)
+
+
 def _setup_context(ctx, inputs, output):
     visual, query, k, inject_scores = inputs
     _, indices, _ = output
@@ -65,7 +70,15 @@ def _backward(ctx, grad_selected, grad_indices, grad_scores):
     return dv, dq, None, None
 
 
-register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
+register_op(
+    NAME,
+    check,
+    _fake,
+    backward_fake=_backward_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+    backward_forward_args=_backward_forward_args,
+)
 dispatch.register(NAME, "reference", ref.query_topk_gather, ref.query_topk_gather_backward)
 
 

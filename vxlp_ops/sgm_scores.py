@@ -40,6 +40,10 @@ def _backward_fake(grad_scores, x, temp_query, spatial_query):
     return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (x, temp_query, spatial_query))
 
 
+def _backward_forward_args(grad_scores, x, temp_query, spatial_query):
+    return (x, temp_query, spatial_query)
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
@@ -48,7 +52,15 @@ def _backward(ctx, grad_scores):
     return tuple(torch.ops.vxlp_ops.sgm_scores_backward(grad_scores.contiguous(), *ctx.saved_tensors))
 
 
-register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
+register_op(
+    NAME,
+    check,
+    _fake,
+    backward_fake=_backward_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+    backward_forward_args=_backward_forward_args,
+)
 dispatch.register(NAME, "reference", ref.sgm_scores, ref.sgm_scores_backward)
 
 

@@ -47,6 +47,10 @@ def _backward_fake(grad_out, q, k, v, rel_k, rel_v, transposed_rel_k=False):
     return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v, rel_k, rel_v))
 
 
+def _backward_forward_args(grad_out, q, k, v, rel_k, rel_v, transposed_rel_k=False):
+    return (q, k, v, rel_k, rel_v, transposed_rel_k)
+
+
 def _setup_context(ctx, inputs, output):
     q, k, v, rel_k, rel_v, transposed = inputs
     ctx.save_for_backward(q, k, v, rel_k, rel_v)
@@ -58,7 +62,15 @@ def _backward(ctx, grad_out):
     return (*grads, None)
 
 
-register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
+register_op(
+    NAME,
+    check,
+    _fake,
+    backward_fake=_backward_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+    backward_forward_args=_backward_forward_args,
+)
 dispatch.register(NAME, "reference", ref.temporal_attention, ref.temporal_attention_backward)
 
 

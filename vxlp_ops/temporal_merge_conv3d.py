@@ -52,6 +52,11 @@ def _backward_fake(grad_out, x, weight, stride_t=2):
     )
 
 
+def _backward_forward_args(grad_out, x, weight, stride_t=2):
+    # the backward has no bias argument (dbias does not depend on it); backends are chosen as for bias=None
+    return (x, weight, None, stride_t)
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, stride_t = inputs
     ctx.save_for_backward(x, weight)
@@ -65,7 +70,15 @@ def _backward(ctx, grad_out):
     return dx, dw, (db if ctx.has_bias else None), None
 
 
-register_op(NAME, check, _fake, backward_fake=_backward_fake, setup_context=_setup_context, backward=_backward)
+register_op(
+    NAME,
+    check,
+    _fake,
+    backward_fake=_backward_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+    backward_forward_args=_backward_forward_args,
+)
 dispatch.register(NAME, "reference", ref.temporal_merge_conv3d, ref.temporal_merge_conv3d_backward)
 
 
