@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton.language as tl
 
 from vxlp_ops import dispatch
 
@@ -84,6 +85,11 @@ def on_gpu(t: torch.Tensor) -> bool:
 
 def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def dot_args(dtype: torch.dtype) -> dict:
+    """The constexprs ``IN_T``, ``DOT_T``, ``PREC`` of :func:`vxlp_ops.triton._shared.mma` for inputs of ``dtype``."""
+    return dict(IN_T=tl.float32, DOT_T=tl.float32, PREC=dot_precision(dtype))
 
 
 def next_pow2(n: int) -> int:

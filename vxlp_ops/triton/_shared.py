@@ -1,4 +1,8 @@
-"""Small kernels shared by several ops: mean over the middle axis, per-row min-max normalisation, row sums."""
+"""Small kernels shared by several ops: mean over the middle axis, per-row min-max normalisation, row sums.
+
+The gradient of the min-max normalisation is not here: it is a handful of torch ops on the small [R, L] score
+tensor, and the backends use the one formula of :func:`vxlp_ops.reference.sgm.min_max_backward`.
+"""
 
 from __future__ import annotations
 
@@ -91,21 +95,29 @@ def rowsum(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def minmax_backward(raw: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Gradient of the row-wise min-max normalisation w.r.t. raw [R, L] (torch ops on the small [R, L] tensor).
+# ------------------------------------------------------------------------------------- tile helpers (jit)
+@triton.jit
+def load_tile(PTR, base, rows, row_mask, cols, ld, ncols):
+    """The [len(rows), len(cols)] tile ``PTR[base + rows·ld + cols]`` of a row-major matrix, in the tensor's own
+    dtype; zeros where ``row_mask`` is False or ``cols ≥ ncols``."""
+    return tl.load(PTR + base + rows[:, None] * ld + cols[None, :],
+                   mask=row_mask[:, None] & (cols < ncols)[None, :], other=0.0)
 
-    Same as autograd through the reference ``min_max``: amin / amax share their gradient evenly among tied
-    extremes, and a constant row gets zero gradient.
+
+@triton.jit
+def store_tile(PTR, base, rows, row_mask, cols, ld, ncols, x):
+    """Store ``x`` (any float dtype) as the tile of :func:`load_tile`, cast to the tensor's dtype."""
+    tl.store(PTR + base + rows[:, None] * ld + cols[None, :], x.to(PTR.dtype.element_ty),
+             mask=row_mask[:, None] & (cols < ncols)[None, :])
+
+
+@triton.jit
+def mma(a, b, acc, IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
+    """``acc + a @ b`` with a float32 accumulator ``acc``.
+
+    Both operands are first cast to ``IN_T`` (a no-op for tiles loaded from the inputs; it rounds float32
+    intermediates such as softmax probabilities to the input dtype) and then to ``DOT_T``, the dtype ``tl.dot``
+    sees; ``PREC`` is its ``input_precision`` (used for float32 operands only). :func:`vxlp_ops.triton._common.dot_args`
+    chooses the three per input dtype.
     """
-    lo = raw.amin(1, keepdim=True)
-    hi = raw.amax(1, keepdim=True)
-    rng = hi - lo
-    ok = rng > 0
-    den = torch.where(ok, rng, torch.ones_like(rng))
-    rel = raw - lo
-    is_min = (raw == lo).to(raw.dtype)
-    is_max = (raw == hi).to(raw.dtype)
-    dlo = (grad * (-1.0 / den + rel / (den * den))).sum(1, keepdim=True)
-    dhi = (grad * (-rel / (den * den))).sum(1, keepdim=True)
-    draw = grad / den + is_min * dlo / is_min.sum(1, keepdim=True) + is_max * dhi / is_max.sum(1, keepdim=True)
-    return torch.where(ok, draw, torch.zeros_like(draw))
+    return tl.dot(a.to(IN_T).to(DOT_T), b.to(IN_T).to(DOT_T), acc, input_precision=PREC)

@@ -22,13 +22,75 @@ import triton.language as tl
 from vxlp_ops import dispatch
 
 from . import _common as C
+from . import _shared as SH
 
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _fa_scores(Q, K, base, offs_m, mask_m, offs_n, mask_n, D,
+               BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+               IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
+    """``q kᵀ`` for a [BM] query block and a [BN] key block, accumulated over D in chunks of BD (float32)."""
+    offs_d = tl.arange(0, BD)
+    s = tl.zeros([BM, BN], tl.float32)
+    for d0 in range(0, D, BD):
+        q = SH.load_tile(Q, base, offs_m, mask_m, d0 + offs_d, D, D)
+        k = SH.load_tile(K, base, offs_n, mask_n, d0 + offs_d, D, D)
+        s = SH.mma(q, tl.trans(k), s, IN_T, DOT_T, PREC)
+    return s
+
+
+@triton.jit
+def _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D,
+                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                  IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
+    """``(q kᵀ, dO vᵀ)`` for a query block and a key block, one pass over D (the backward's recomputation)."""
+    offs_d = tl.arange(0, BD)
+    s = tl.zeros([BM, BN], tl.float32)
+    dp = tl.zeros([BM, BN], tl.float32)
+    for d0 in range(0, D, BD):
+        dd = d0 + offs_d
+        q = SH.load_tile(Q, base, offs_m, mask_m, dd, D, D)
+        do = SH.load_tile(DO, base, offs_m, mask_m, dd, D, D)
+        k = SH.load_tile(K, base, offs_n, mask_n, dd, D, D)
+        v = SH.load_tile(V, base, offs_n, mask_n, dd, D, D)
+        s = SH.mma(q, tl.trans(k), s, IN_T, DOT_T, PREC)
+        dp = SH.mma(do, tl.trans(v), dp, IN_T, DOT_T, PREC)
+    return s, dp
+
+
+@triton.jit
+def _fa_p_ds(s, dp, lse, delta, mask_m, mask_n, qk_scale):
+    """Probabilities ``p = exp2(s·c − lse)`` (0 outside the valid block) and ``ds = p ∘ (dp − delta)``."""
+    p = tl.exp2(s * qk_scale - lse[:, None])
+    p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
+def _fa_scratch_add(ACC, base, rows, row_mask, cols, D, upd, start):
+    """``ACC[rows, cols] (+)= upd`` on a float32 scratch tile (plain store, no read, at the first block: start 0)."""
+    off = base + rows[:, None] * D + cols[None, :]
+    am = row_mask[:, None] & (cols < D)[None, :]
+    a = tl.load(ACC + off, mask=am & (start > 0), other=0.0)
+    tl.store(ACC + off, a + upd, mask=am)
+
+
+@triton.jit
+def _fa_scratch_out(ACC, OUT, base, rows, row_mask, D, mul, BD: tl.constexpr):
+    """``OUT = ACC · mul`` (mul per row or a scalar), chunk by chunk over D, cast to OUT's dtype."""
+    offs_d = tl.arange(0, BD)
+    for d0 in range(0, D, BD):
+        dd = d0 + offs_d
+        a = SH.load_tile(ACC, base, rows, row_mask, dd, D, D)
+        SH.store_tile(OUT, base, rows, row_mask, dd, D, D, a * mul)
+
+
+@triton.jit
 def _fa_fwd(Q, K, V, O, ACC, S, D, n_mblocks, qk_scale,
-            SINGLE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+            SINGLE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+            IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // n_mblocks
     mb = pid % n_mblocks
@@ -43,51 +105,35 @@ def _fa_fwd(Q, K, V, O, ACC, S, D, n_mblocks, qk_scale,
     for start_n in range(0, S, BN):
         offs_n = start_n + offs_nb
         mask_n = offs_n < S
-        s = tl.zeros([BM, BN], tl.float32)
-        for d0 in range(0, D, BD):
-            dd = d0 + offs_d
-            md = dd < D
-            q = tl.load(Q + base + offs_m[:, None] * D + dd[None, :], mask=mask_m[:, None] & md[None, :], other=0.0)
-            k = tl.load(K + base + offs_n[:, None] * D + dd[None, :], mask=mask_n[:, None] & md[None, :], other=0.0)
-            s += tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision=PREC)
+        s = _fa_scores(Q, K, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T, PREC)
         s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if SINGLE:
-            md = offs_d < D
-            v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & md[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PREC)
+            v = SH.load_tile(V, base, offs_n, mask_n, offs_d, D, D)
+            acc = SH.mma(p, v, acc * alpha[:, None], IN_T, DOT_T, PREC)
         else:
             for d0 in range(0, D, BD):
                 dd = d0 + offs_d
-                md = dd < D
-                v = tl.load(V + base + offs_n[:, None] * D + dd[None, :], mask=mask_n[:, None] & md[None, :], other=0.0)
-                am = mask_m[:, None] & md[None, :]
-                aptr = ACC + base + offs_m[:, None] * D + dd[None, :]
-                a = tl.load(aptr, mask=am & (start_n > 0), other=0.0)
-                a = a * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PREC)
-                tl.store(aptr, a, mask=am)
+                v = SH.load_tile(V, base, offs_n, mask_n, dd, D, D)
+                a = SH.load_tile(ACC, base, offs_m, mask_m & (start_n > 0), dd, D, D)
+                a = SH.mma(p, v, a * alpha[:, None], IN_T, DOT_T, PREC)
+                SH.store_tile(ACC, base, offs_m, mask_m, dd, D, D, a)
             tl.debug_barrier()
         m_i = m_new
     inv_l = 1.0 / l_i
     if SINGLE:
-        md = offs_d < D
-        tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], (acc * inv_l[:, None]).to(O.dtype.element_ty),
-                 mask=mask_m[:, None] & md[None, :])
+        SH.store_tile(O, base, offs_m, mask_m, offs_d, D, D, acc * inv_l[:, None])
     else:
-        for d0 in range(0, D, BD):
-            dd = d0 + offs_d
-            am = mask_m[:, None] & (dd < D)[None, :]
-            off = base + offs_m[:, None] * D + dd[None, :]
-            a = tl.load(ACC + off, mask=am, other=0.0)
-            tl.store(O + off, (a * inv_l[:, None]).to(O.dtype.element_ty), mask=am)
+        _fa_scratch_out(ACC, O, base, offs_m, mask_m, D, inv_l[:, None], BD)
 
 
 @triton.jit
 def _fa_bwd_stats(Q, K, V, DO, LSE, DELTA, S, D, n_mblocks, qk_scale,
-                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                  IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     """LSE (log2 domain, of the scaled logits) and delta_i = Σ_j p_ij (dO_i·v_j), online over key blocks."""
     pid = tl.program_id(0)
     b = pid // n_mblocks
@@ -96,26 +142,13 @@ def _fa_bwd_stats(Q, K, V, DO, LSE, DELTA, S, D, n_mblocks, qk_scale,
     offs_m = mb * BM + tl.arange(0, BM)
     mask_m = offs_m < S
     offs_nb = tl.arange(0, BN)
-    offs_d = tl.arange(0, BD)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     d_i = tl.zeros([BM], tl.float32)
     for start_n in range(0, S, BN):
         offs_n = start_n + offs_nb
         mask_n = offs_n < S
-        s = tl.zeros([BM, BN], tl.float32)
-        dp = tl.zeros([BM, BN], tl.float32)
-        for d0 in range(0, D, BD):
-            dd = d0 + offs_d
-            md = dd < D
-            qm = mask_m[:, None] & md[None, :]
-            km = mask_n[:, None] & md[None, :]
-            q = tl.load(Q + base + offs_m[:, None] * D + dd[None, :], mask=qm, other=0.0).to(tl.float32)
-            do = tl.load(DO + base + offs_m[:, None] * D + dd[None, :], mask=qm, other=0.0).to(tl.float32)
-            k = tl.load(K + base + offs_n[:, None] * D + dd[None, :], mask=km, other=0.0).to(tl.float32)
-            v = tl.load(V + base + offs_n[:, None] * D + dd[None, :], mask=km, other=0.0).to(tl.float32)
-            s += tl.dot(q, tl.trans(k), input_precision=PREC)
-            dp += tl.dot(do, tl.trans(v), input_precision=PREC)
+        s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T, PREC)
         s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -129,7 +162,8 @@ def _fa_bwd_stats(Q, K, V, DO, LSE, DELTA, S, D, n_mblocks, qk_scale,
 
 @triton.jit
 def _fa_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ACCK, ACCV, S, D, n_nblocks, qk_scale, scale,
-                 SINGLE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+                 SINGLE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                 IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // n_nblocks
     nb = pid % n_nblocks
@@ -143,65 +177,38 @@ def _fa_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ACCK, ACCV, S, D, n_nblocks, q
     for start_m in range(0, S, BM):
         offs_m = start_m + offs_mb
         mask_m = offs_m < S
-        s = tl.zeros([BM, BN], tl.float32)
-        dp = tl.zeros([BM, BN], tl.float32)
-        for d0 in range(0, D, BD):
-            dd = d0 + offs_d
-            md = dd < D
-            qm = mask_m[:, None] & md[None, :]
-            km = mask_n[:, None] & md[None, :]
-            q = tl.load(Q + base + offs_m[:, None] * D + dd[None, :], mask=qm, other=0.0).to(tl.float32)
-            do = tl.load(DO + base + offs_m[:, None] * D + dd[None, :], mask=qm, other=0.0).to(tl.float32)
-            k = tl.load(K + base + offs_n[:, None] * D + dd[None, :], mask=km, other=0.0).to(tl.float32)
-            v = tl.load(V + base + offs_n[:, None] * D + dd[None, :], mask=km, other=0.0).to(tl.float32)
-            s += tl.dot(q, tl.trans(k), input_precision=PREC)
-            dp += tl.dot(do, tl.trans(v), input_precision=PREC)
+        s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T, PREC)
         lse = tl.load(LSE + b * S + offs_m, mask=mask_m, other=0.0)
         delta = tl.load(DELTA + b * S + offs_m, mask=mask_m, other=0.0)
-        p = tl.exp2(s * qk_scale - lse[:, None])
-        p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
-        ds = p * (dp - delta[:, None])
+        p, ds = _fa_p_ds(s, dp, lse, delta, mask_m, mask_n, qk_scale)
         pt = tl.trans(p)
         dst = tl.trans(ds)
         if SINGLE:
-            qm = mask_m[:, None] & (offs_d < D)[None, :]
-            q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=qm, other=0.0).to(tl.float32)
-            do = tl.load(DO + base + offs_m[:, None] * D + offs_d[None, :], mask=qm, other=0.0).to(tl.float32)
-            dv_acc += tl.dot(pt, do, input_precision=PREC)
-            dk_acc += tl.dot(dst, q, input_precision=PREC)
+            q = SH.load_tile(Q, base, offs_m, mask_m, offs_d, D, D)
+            do = SH.load_tile(DO, base, offs_m, mask_m, offs_d, D, D)
+            dv_acc = SH.mma(pt, do, dv_acc, IN_T, DOT_T, PREC)
+            dk_acc = SH.mma(dst, q, dk_acc, IN_T, DOT_T, PREC)
         else:
             for d0 in range(0, D, BD):
                 dd = d0 + offs_d
-                md = dd < D
-                qm = mask_m[:, None] & md[None, :]
-                q = tl.load(Q + base + offs_m[:, None] * D + dd[None, :], mask=qm, other=0.0).to(tl.float32)
-                do = tl.load(DO + base + offs_m[:, None] * D + dd[None, :], mask=qm, other=0.0).to(tl.float32)
-                am = mask_n[:, None] & md[None, :]
-                off = base + offs_n[:, None] * D + dd[None, :]
-                av = tl.load(ACCV + off, mask=am & (start_m > 0), other=0.0)
-                tl.store(ACCV + off, av + tl.dot(pt, do, input_precision=PREC), mask=am)
-                ak = tl.load(ACCK + off, mask=am & (start_m > 0), other=0.0)
-                tl.store(ACCK + off, ak + tl.dot(dst, q, input_precision=PREC), mask=am)
+                q = SH.load_tile(Q, base, offs_m, mask_m, dd, D, D)
+                do = SH.load_tile(DO, base, offs_m, mask_m, dd, D, D)
+                zero = tl.zeros([BN, BD], tl.float32)
+                _fa_scratch_add(ACCV, base, offs_n, mask_n, dd, D, SH.mma(pt, do, zero, IN_T, DOT_T, PREC), start_m)
+                _fa_scratch_add(ACCK, base, offs_n, mask_n, dd, D, SH.mma(dst, q, zero, IN_T, DOT_T, PREC), start_m)
             tl.debug_barrier()
     if SINGLE:
-        am = mask_n[:, None] & (offs_d < D)[None, :]
-        off = base + offs_n[:, None] * D + offs_d[None, :]
-        tl.store(DK + off, (dk_acc * scale).to(DK.dtype.element_ty), mask=am)
-        tl.store(DV + off, dv_acc.to(DV.dtype.element_ty), mask=am)
+        SH.store_tile(DK, base, offs_n, mask_n, offs_d, D, D, dk_acc * scale)
+        SH.store_tile(DV, base, offs_n, mask_n, offs_d, D, D, dv_acc)
     else:
-        for d0 in range(0, D, BD):
-            dd = d0 + offs_d
-            am = mask_n[:, None] & (dd < D)[None, :]
-            off = base + offs_n[:, None] * D + dd[None, :]
-            ak = tl.load(ACCK + off, mask=am, other=0.0)
-            av = tl.load(ACCV + off, mask=am, other=0.0)
-            tl.store(DK + off, (ak * scale).to(DK.dtype.element_ty), mask=am)
-            tl.store(DV + off, av.to(DV.dtype.element_ty), mask=am)
+        _fa_scratch_out(ACCK, DK, base, offs_n, mask_n, D, scale, BD)
+        _fa_scratch_out(ACCV, DV, base, offs_n, mask_n, D, 1.0, BD)
 
 
 @triton.jit
 def _fa_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ACCQ, S, D, n_mblocks, qk_scale, scale,
-               SINGLE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+               SINGLE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+               IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // n_mblocks
     mb = pid % n_mblocks
@@ -216,47 +223,22 @@ def _fa_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ACCQ, S, D, n_mblocks, qk_scale, sca
     for start_n in range(0, S, BN):
         offs_n = start_n + offs_nb
         mask_n = offs_n < S
-        s = tl.zeros([BM, BN], tl.float32)
-        dp = tl.zeros([BM, BN], tl.float32)
-        for d0 in range(0, D, BD):
-            dd = d0 + offs_d
-            md = dd < D
-            qm = mask_m[:, None] & md[None, :]
-            km = mask_n[:, None] & md[None, :]
-            q = tl.load(Q + base + offs_m[:, None] * D + dd[None, :], mask=qm, other=0.0).to(tl.float32)
-            do = tl.load(DO + base + offs_m[:, None] * D + dd[None, :], mask=qm, other=0.0).to(tl.float32)
-            k = tl.load(K + base + offs_n[:, None] * D + dd[None, :], mask=km, other=0.0).to(tl.float32)
-            v = tl.load(V + base + offs_n[:, None] * D + dd[None, :], mask=km, other=0.0).to(tl.float32)
-            s += tl.dot(q, tl.trans(k), input_precision=PREC)
-            dp += tl.dot(do, tl.trans(v), input_precision=PREC)
-        p = tl.exp2(s * qk_scale - lse[:, None])
-        p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
-        ds = p * (dp - delta[:, None])
+        s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T, PREC)
+        p, ds = _fa_p_ds(s, dp, lse, delta, mask_m, mask_n, qk_scale)
         if SINGLE:
-            km = mask_n[:, None] & (offs_d < D)[None, :]
-            k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=km, other=0.0).to(tl.float32)
-            dq_acc += tl.dot(ds, k, input_precision=PREC)
+            k = SH.load_tile(K, base, offs_n, mask_n, offs_d, D, D)
+            dq_acc = SH.mma(ds, k, dq_acc, IN_T, DOT_T, PREC)
         else:
             for d0 in range(0, D, BD):
                 dd = d0 + offs_d
-                md = dd < D
-                k = tl.load(K + base + offs_n[:, None] * D + dd[None, :], mask=mask_n[:, None] & md[None, :],
-                            other=0.0).to(tl.float32)
-                am = mask_m[:, None] & md[None, :]
-                off = base + offs_m[:, None] * D + dd[None, :]
-                a = tl.load(ACCQ + off, mask=am & (start_n > 0), other=0.0)
-                tl.store(ACCQ + off, a + tl.dot(ds, k, input_precision=PREC), mask=am)
+                k = SH.load_tile(K, base, offs_n, mask_n, dd, D, D)
+                zero = tl.zeros([BM, BD], tl.float32)
+                _fa_scratch_add(ACCQ, base, offs_m, mask_m, dd, D, SH.mma(ds, k, zero, IN_T, DOT_T, PREC), start_n)
             tl.debug_barrier()
     if SINGLE:
-        am = mask_m[:, None] & (offs_d < D)[None, :]
-        tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], (dq_acc * scale).to(DQ.dtype.element_ty), mask=am)
+        SH.store_tile(DQ, base, offs_m, mask_m, offs_d, D, D, dq_acc * scale)
     else:
-        for d0 in range(0, D, BD):
-            dd = d0 + offs_d
-            am = mask_m[:, None] & (dd < D)[None, :]
-            off = base + offs_m[:, None] * D + dd[None, :]
-            a = tl.load(ACCQ + off, mask=am, other=0.0)
-            tl.store(DQ + off, (a * scale).to(DQ.dtype.element_ty), mask=am)
+        _fa_scratch_out(ACCQ, DQ, base, offs_m, mask_m, D, scale, BD)
 
 
 def _config(d: int, gpu: bool) -> dict:
@@ -292,7 +274,7 @@ def forward(q, k, v, scale=None):
     nmb = C.cdiv(s, cfg["BM"])
     _fa_fwd[(b * nmb,)](
         q, k, v, out, acc, s, d, nmb, float(scale) * LOG2E,
-        PREC=C.dot_precision(q.dtype), **_kernel_kw(cfg, "SINGLE", "BM", "BN", "BD"), **_launch_kw(cfg),
+        **C.dot_args(q.dtype), **_kernel_kw(cfg, "SINGLE", "BM", "BN", "BD"), **_launch_kw(cfg),
     )
     return out
 
@@ -304,15 +286,14 @@ def backward(grad_out, q, k, v, scale=None):
         scale = d**-0.5
     scale = float(scale)
     cfg = _config(d, C.on_gpu(q))
-    prec = C.dot_precision(q.dtype)
-    kw = _kernel_kw(cfg, "BM", "BN", "BD")
+    kw = {**_kernel_kw(cfg, "BM", "BN", "BD"), **C.dot_args(q.dtype)}
     lw = _launch_kw(cfg)
     f32 = dict(dtype=torch.float32, device=q.device)
     lse = torch.empty((b, s), **f32)
     delta = torch.empty((b, s), **f32)
     nmb = C.cdiv(s, cfg["BM"])
     nnb = C.cdiv(s, cfg["BN"])
-    _fa_bwd_stats[(b * nmb,)](q, k, v, do, lse, delta, s, d, nmb, scale * LOG2E, PREC=prec, **kw, **lw)
+    _fa_bwd_stats[(b * nmb,)](q, k, v, do, lse, delta, s, d, nmb, scale * LOG2E, **kw, **lw)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     direct = cfg["SINGLE"] or q.dtype == torch.float32
     acck = dk if direct else torch.empty((b, s, d), **f32)
@@ -320,11 +301,11 @@ def backward(grad_out, q, k, v, scale=None):
     accq = dq if direct else torch.empty((b, s, d), **f32)
     _fa_bwd_dkdv[(b * nnb,)](
         q, k, v, do, lse, delta, dk, dv, acck, accv, s, d, nnb, scale * LOG2E, scale,
-        SINGLE=cfg["SINGLE"], PREC=prec, **kw, **lw,
+        SINGLE=cfg["SINGLE"], **kw, **lw,
     )
     _fa_bwd_dq[(b * nmb,)](
         q, k, v, do, lse, delta, dq, accq, s, d, nmb, scale * LOG2E, scale,
-        SINGLE=cfg["SINGLE"], PREC=prec, **kw, **lw,
+        SINGLE=cfg["SINGLE"], **kw, **lw,
     )
     return dq, dk, dv
 

@@ -5,7 +5,7 @@ Forward: ``_mean_mid`` (qm[b] = mean_l query[b, l]), ``_qtg_raw`` (raw[b, n] = v
 (k highest, ties → lower index, then sorted ascending), then ``_qtg_gather`` (selected = visual[idx]
 (+ score[idx] over D)).
 Backward: kernels recompute qm and raw; ``_rowsum`` gives Σ_d grad_selected (the injected-score gradient);
-scattering it onto [B, N], the inverse index map and the min-max gradient are torch ops on [B, N] / [B, k];
+scattering it onto [B, N], the inverse index map and the min-max gradient (the reference's) are torch ops on [B, N] / [B, k];
 ``_qtg_dvisual`` writes dvisual = draw ⊗ qm + grad_selected scattered back; ``_qtg_dquery`` reduces
 Σ_n draw·visual and writes dquery[b, l] = that / L.
 """
@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from vxlp_ops import dispatch
+from vxlp_ops.reference.sgm import min_max_backward
 
 from . import _common as C
 from . import _shared as SH
@@ -138,7 +139,7 @@ def backward(grad_selected, grad_scores, visual, query, indices, inject_scores=T
     dscores = grad_scores.float().clone()
     if inject_scores:
         dscores.scatter_add_(1, indices, SH.rowsum(gsel.view(b * k, d)).view(b, k))
-    draw = SH.minmax_backward(raw, dscores).contiguous()
+    draw = min_max_backward(dscores, raw, dim=-1).contiguous()
     inv = torch.full((b, n), -1, dtype=torch.int32, device=visual.device)
     inv.scatter_(1, indices, torch.arange(k, dtype=torch.int32, device=visual.device).expand(b, k).contiguous())
     bn, bd = _blocks(C.on_gpu(visual))

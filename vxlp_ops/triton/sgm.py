@@ -3,7 +3,7 @@
 sgm_scores forward: ``_mean_mid`` (frame means m[g,t,:]), ``_sgm_raw`` (st + ss per token, one pass over
 x[t] and x[t−1]), ``_minmax_rows`` (per-clip min-max over T·S). The query reductions Σ_q temp_query and
 mean_q spatial_query ([Q, C] → [C]) are torch ops.
-sgm_scores backward: kernels recompute m and raw; the min-max gradient on [G, T·S] is torch ops;
+sgm_scores backward: kernels recompute m and raw; the min-max gradient on [G, T·S] is the reference's (torch ops);
 ``_sgm_colsums`` gives u[g,t,c] = Σ_n draw·x_t and v[g,t,c] = Σ_n draw·x_t·x_{t−1}; ``_sgm_dx`` writes dx;
 dtemp_query / dspatial_query are reductions of v and u·m over [G, T, C] (torch ops).
 
@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from vxlp_ops import dispatch
-from vxlp_ops.reference.sgm import mask_counts
+from vxlp_ops.reference.sgm import mask_counts, min_max_backward
 
 from . import _common as C
 from . import _shared as SH
@@ -165,7 +165,7 @@ def scores_backward(grad_scores, x, temp_query, spatial_query):
     g, t, s, c = x.shape
     tq, sq = _queries(temp_query, spatial_query)
     raw, m = _raw(x, tq, sq)
-    draw = SH.minmax_backward(raw.view(g, t * s), grad_scores.float().reshape(g, t * s)).contiguous()
+    draw = min_max_backward(grad_scores.float().reshape(g, t * s), raw.view(g, t * s), dim=-1).contiguous()
     bs, bc = _blocks(C.on_gpu(x))
     f32 = dict(dtype=torch.float32, device=x.device)
     u = torch.empty((g, t, c), **f32)

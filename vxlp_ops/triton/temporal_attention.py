@@ -21,6 +21,7 @@ import triton.language as tl
 from vxlp_ops import dispatch
 
 from . import _common as C
+from . import _shared as SH
 
 LOG2E = 1.4426950408889634
 MAX_T = 64
@@ -47,8 +48,41 @@ def _ta_gather_win(x, T, TP: tl.constexpr, EP: tl.constexpr):
 
 
 @triton.jit
+def _ta_products(X, Y, RY, base, ti, mt, rrow, me, D, TP: tl.constexpr, EP: tl.constexpr, BD: tl.constexpr,
+                 IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
+    """``(X Yᵀ [TP, TP], X winᵀ [TP, EP])`` of one position over D in chunks of BD, win = the window rows
+    ``rrow`` of the table RY: the logits' products (X, Y, RY = q, k, rel_k) or the backward's (dO, v, rel_v)."""
+    offs_d = tl.arange(0, BD)
+    xy = tl.zeros([TP, TP], tl.float32)
+    xw = tl.zeros([TP, EP], tl.float32)
+    for d0 in range(0, D, BD):
+        dd = d0 + offs_d
+        x = SH.load_tile(X, base, ti, mt, dd, D, D)
+        y = SH.load_tile(Y, base, ti, mt, dd, D, D)
+        ry = SH.load_tile(RY, 0, rrow, me, dd, D, D)
+        xy = SH.mma(x, tl.trans(y), xy, IN_T, DOT_T, PREC)
+        xw = SH.mma(x, tl.trans(ry), xw, IN_T, DOT_T, PREC)
+    return xy, xw
+
+
+@triton.jit
+def _ta_probs(sqk, a, mt, T, s1, s2, TRANSPOSED: tl.constexpr, TP: tl.constexpr, EP: tl.constexpr):
+    """Softmax over j of ``w[i, j] = s2·(q_i·k_j) + s1·(q_i·rel_k[r(i, j)])`` (or the transposed relative term),
+    zero outside the T × T block."""
+    g = _ta_gather_diag(a, T, TP, EP)
+    if TRANSPOSED:
+        g = tl.trans(g)
+    w = (sqk * s2 + g * s1) * LOG2E
+    w = tl.where(mt[None, :], w, float("-inf"))
+    p = tl.exp2(w - tl.max(w, 1)[:, None])
+    p = p / tl.sum(p, 1)[:, None]
+    return tl.where(mt[:, None] & mt[None, :], p, 0.0)
+
+
+@triton.jit
 def _ta_fwd(Q, K, V, RK, RV, O, T, D, R, s1, s2,
-            TRANSPOSED: tl.constexpr, TP: tl.constexpr, EP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+            TRANSPOSED: tl.constexpr, TP: tl.constexpr, EP: tl.constexpr, BD: tl.constexpr,
+            IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     n = tl.program_id(0)
     base = n.to(tl.int64) * T * D
     ti = tl.arange(0, TP)
@@ -57,39 +91,21 @@ def _ta_fwd(Q, K, V, RK, RV, O, T, D, R, s1, s2,
     me = ei < 2 * T - 1
     rrow = tl.minimum(tl.maximum(ei - (T - 1), -R), R) + R
     offs_d = tl.arange(0, BD)
-    sqk = tl.zeros([TP, TP], tl.float32)
-    a = tl.zeros([TP, EP], tl.float32)
-    for d0 in range(0, D, BD):
-        dd = d0 + offs_d
-        md = dd < D
-        tm = mt[:, None] & md[None, :]
-        q = tl.load(Q + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
-        k = tl.load(K + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
-        rk = tl.load(RK + rrow[:, None] * D + dd[None, :], mask=me[:, None] & md[None, :], other=0.0).to(tl.float32)
-        sqk += tl.dot(q, tl.trans(k), input_precision=PREC)
-        a += tl.dot(q, tl.trans(rk), input_precision=PREC)
-    g = _ta_gather_diag(a, T, TP, EP)
-    if TRANSPOSED:
-        g = tl.trans(g)
-    w = (sqk * s2 + g * s1) * LOG2E
-    w = tl.where(mt[None, :], w, float("-inf"))
-    p = tl.exp2(w - tl.max(w, 1)[:, None])
-    p = p / tl.sum(p, 1)[:, None]
-    p = tl.where(mt[:, None] & mt[None, :], p, 0.0)
+    sqk, a = _ta_products(Q, K, RK, base, ti, mt, rrow, me, D, TP, EP, BD, IN_T, DOT_T, PREC)
+    p = _ta_probs(sqk, a, mt, T, s1, s2, TRANSPOSED, TP, EP)
     pg = _ta_gather_win(p, T, TP, EP)
     for d0 in range(0, D, BD):
         dd = d0 + offs_d
-        md = dd < D
-        tm = mt[:, None] & md[None, :]
-        v = tl.load(V + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
-        rv = tl.load(RV + rrow[:, None] * D + dd[None, :], mask=me[:, None] & md[None, :], other=0.0).to(tl.float32)
-        o = tl.dot(p, v, input_precision=PREC) + tl.dot(pg, rv, input_precision=PREC)
-        tl.store(O + base + ti[:, None] * D + dd[None, :], o.to(O.dtype.element_ty), mask=tm)
+        v = SH.load_tile(V, base, ti, mt, dd, D, D)
+        rv = SH.load_tile(RV, 0, rrow, me, dd, D, D)
+        o = SH.mma(pg, rv, SH.mma(p, v, tl.zeros([TP, BD], tl.float32), IN_T, DOT_T, PREC), IN_T, DOT_T, PREC)
+        SH.store_tile(O, base, ti, mt, dd, D, D, o)
 
 
 @triton.jit
 def _ta_bwd(Q, K, V, RK, RV, DO, DQ, DK, DV, PS, DWS, T, D, R, s1, s2,
-            TRANSPOSED: tl.constexpr, TP: tl.constexpr, EP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+            TRANSPOSED: tl.constexpr, TP: tl.constexpr, EP: tl.constexpr, BD: tl.constexpr,
+            IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     n = tl.program_id(0)
     base = n.to(tl.int64) * T * D
     ti = tl.arange(0, TP)
@@ -98,34 +114,10 @@ def _ta_bwd(Q, K, V, RK, RV, DO, DQ, DK, DV, PS, DWS, T, D, R, s1, s2,
     me = ei < 2 * T - 1
     rrow = tl.minimum(tl.maximum(ei - (T - 1), -R), R) + R
     offs_d = tl.arange(0, BD)
-    sqk = tl.zeros([TP, TP], tl.float32)
-    a = tl.zeros([TP, EP], tl.float32)
-    dpv = tl.zeros([TP, TP], tl.float32)
-    bv = tl.zeros([TP, EP], tl.float32)
-    for d0 in range(0, D, BD):
-        dd = d0 + offs_d
-        md = dd < D
-        tm = mt[:, None] & md[None, :]
-        em = me[:, None] & md[None, :]
-        q = tl.load(Q + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
-        k = tl.load(K + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
-        v = tl.load(V + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
-        do = tl.load(DO + base + ti[:, None] * D + dd[None, :], mask=tm, other=0.0).to(tl.float32)
-        rk = tl.load(RK + rrow[:, None] * D + dd[None, :], mask=em, other=0.0).to(tl.float32)
-        rv = tl.load(RV + rrow[:, None] * D + dd[None, :], mask=em, other=0.0).to(tl.float32)
-        sqk += tl.dot(q, tl.trans(k), input_precision=PREC)
-        a += tl.dot(q, tl.trans(rk), input_precision=PREC)
-        dpv += tl.dot(do, tl.trans(v), input_precision=PREC)
-        bv += tl.dot(do, tl.trans(rv), input_precision=PREC)
-    g = _ta_gather_diag(a, T, TP, EP)
-    if TRANSPOSED:
-        g = tl.trans(g)
-    w = (sqk * s2 + g * s1) * LOG2E
-    w = tl.where(mt[None, :], w, float("-inf"))
-    p = tl.exp2(w - tl.max(w, 1)[:, None])
-    p = p / tl.sum(p, 1)[:, None]
+    sqk, a = _ta_products(Q, K, RK, base, ti, mt, rrow, me, D, TP, EP, BD, IN_T, DOT_T, PREC)
+    dpv, bv = _ta_products(DO, V, RV, base, ti, mt, rrow, me, D, TP, EP, BD, IN_T, DOT_T, PREC)
+    p = _ta_probs(sqk, a, mt, T, s1, s2, TRANSPOSED, TP, EP)
     valid = mt[:, None] & mt[None, :]
-    p = tl.where(valid, p, 0.0)
     dp = dpv + _ta_gather_diag(bv, T, TP, EP)
     delta = tl.sum(p * dp, 1)
     dw = tl.where(valid, p * (dp - delta[:, None]), 0.0)
@@ -140,25 +132,23 @@ def _ta_bwd(Q, K, V, RK, RV, DO, DQ, DK, DV, PS, DWS, T, D, R, s1, s2,
     pt = tl.trans(p)
     for d0 in range(0, D, BD):
         dd = d0 + offs_d
-        md = dd < D
-        tm = mt[:, None] & md[None, :]
-        off = base + ti[:, None] * D + dd[None, :]
-        q = tl.load(Q + off, mask=tm, other=0.0).to(tl.float32)
-        k = tl.load(K + off, mask=tm, other=0.0).to(tl.float32)
-        do = tl.load(DO + off, mask=tm, other=0.0).to(tl.float32)
-        rk = tl.load(RK + rrow[:, None] * D + dd[None, :], mask=me[:, None] & md[None, :], other=0.0).to(tl.float32)
-        dq = tl.dot(dw, k, input_precision=PREC) * s2 + tl.dot(xg, rk, input_precision=PREC) * s1
-        dk = tl.dot(dwt, q, input_precision=PREC) * s2
-        dv = tl.dot(pt, do, input_precision=PREC)
-        tl.store(DQ + off, dq.to(DQ.dtype.element_ty), mask=tm)
-        tl.store(DK + off, dk.to(DK.dtype.element_ty), mask=tm)
-        tl.store(DV + off, dv.to(DV.dtype.element_ty), mask=tm)
+        q = SH.load_tile(Q, base, ti, mt, dd, D, D)
+        k = SH.load_tile(K, base, ti, mt, dd, D, D)
+        do = SH.load_tile(DO, base, ti, mt, dd, D, D)
+        rk = SH.load_tile(RK, 0, rrow, me, dd, D, D)
+        zero = tl.zeros([TP, BD], tl.float32)
+        dq = SH.mma(dw, k, zero, IN_T, DOT_T, PREC) * s2 + SH.mma(xg, rk, zero, IN_T, DOT_T, PREC) * s1
+        dk = SH.mma(dwt, q, zero, IN_T, DOT_T, PREC) * s2
+        dv = SH.mma(pt, do, zero, IN_T, DOT_T, PREC)
+        SH.store_tile(DQ, base, ti, mt, dd, D, D, dq)
+        SH.store_tile(DK, base, ti, mt, dd, D, D, dk)
+        SH.store_tile(DV, base, ti, mt, dd, D, D, dv)
 
 
 @triton.jit
 def _ta_bwd_rel(Q, DO, PS, DWS, PRK, PRV, N, T, D, per_group, s1,
                 TRANSPOSED: tl.constexpr, TP: tl.constexpr, EP: tl.constexpr, BD: tl.constexpr,
-                PREC: tl.constexpr):
+                IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     db = tl.program_id(0)
     grp = tl.program_id(1)
     dd = db * BD + tl.arange(0, BD)
@@ -180,12 +170,10 @@ def _ta_bwd_rel(Q, DO, PS, DWS, PRK, PRV, N, T, D, per_group, s1,
             xg = tl.load(DWS + sb + pj * T + ti[:, None], mask=pmask, other=0.0)  # dW[j+e-T+1, j]
         else:
             xg = tl.load(DWS + sb + ti[:, None] * T + pj, mask=pmask, other=0.0)  # dW[i, i+e-T+1]
-        off = n * T * D + ti[:, None] * D + dd[None, :]
-        tm = mt[:, None] & md[None, :]
-        q = tl.load(Q + off, mask=tm, other=0.0).to(tl.float32)
-        do = tl.load(DO + off, mask=tm, other=0.0).to(tl.float32)
-        acc_k += tl.dot(tl.trans(xg), q, input_precision=PREC)
-        acc_v += tl.dot(tl.trans(pg), do, input_precision=PREC)
+        q = SH.load_tile(Q, n * T * D, ti, mt, dd, D, D)
+        do = SH.load_tile(DO, n * T * D, ti, mt, dd, D, D)
+        acc_k = SH.mma(tl.trans(xg), q, acc_k, IN_T, DOT_T, PREC)
+        acc_v = SH.mma(tl.trans(pg), do, acc_v, IN_T, DOT_T, PREC)
     E = 2 * T - 1
     poff = grp.to(tl.int64) * E * D + ei[:, None] * D + dd[None, :]
     pm = me[:, None] & md[None, :]
@@ -214,7 +202,7 @@ def forward(q, k, v, rel_k, rel_v, transposed_rel_k=False):
     s1, s2 = _scales(d)
     out = torch.empty_like(q)
     _ta_fwd[(n,)](q, k, v, rel_k, rel_v, out, t, d, r, s1, s2, TRANSPOSED=bool(transposed_rel_k),
-                  PREC=C.dot_precision(q.dtype), **cfg)
+                  **C.dot_args(q.dtype), **cfg)
     return out
 
 
@@ -224,14 +212,14 @@ def backward(grad_out, q, k, v, rel_k, rel_v, transposed_rel_k=False):
     r = (rel_k.shape[0] - 1) // 2
     gpu = C.on_gpu(q)
     cfg = _config(t, d, gpu)
-    prec = C.dot_precision(q.dtype)
+    dargs = C.dot_args(q.dtype)
     s1, s2 = _scales(d)
     f32 = dict(dtype=torch.float32, device=q.device)
     ps = torch.empty((n, t, t), **f32)
     dws = torch.empty((n, t, t), **f32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     tr = bool(transposed_rel_k)
-    _ta_bwd[(n,)](q, k, v, rel_k, rel_v, do, dq, dk, dv, ps, dws, t, d, r, s1, s2, TRANSPOSED=tr, PREC=prec, **cfg)
+    _ta_bwd[(n,)](q, k, v, rel_k, rel_v, do, dq, dk, dv, ps, dws, t, d, r, s1, s2, TRANSPOSED=tr, **dargs, **cfg)
     e = 2 * t - 1
     # groups of positions reduced in registers by one program each; the partials are summed by torch
     groups = min(n, 4 * C.sm_count(q)) if gpu else min(n, 3)
@@ -241,7 +229,7 @@ def backward(grad_out, q, k, v, rel_k, rel_v, transposed_rel_k=False):
     prk = torch.empty((groups, e, d), **f32)
     prv = torch.empty((groups, e, d), **f32)
     _ta_bwd_rel[(C.cdiv(d, cfg["BD"]), groups)](q, do, ps, dws, prk, prv, n, t, d, per_group, s1, TRANSPOSED=tr,
-                                                PREC=prec, **cfg)
+                                                **dargs, **cfg)
     rows = (torch.arange(e, device=q.device) - (t - 1)).clamp(-r, r) + r
     nb = rel_k.shape[0]
     drk = torch.zeros((nb, d), **f32).index_add_(0, rows, prk.sum(0))

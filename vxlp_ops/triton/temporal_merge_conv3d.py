@@ -24,11 +24,13 @@ import triton.language as tl
 from vxlp_ops import dispatch
 
 from . import _common as C
+from . import _shared as SH
 
 
 @triton.jit
 def _conv_fwd(X, WT, BIAS, OUT, M, T, H, W, T_out, Cin, Cout, stride_t,
-              HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+              HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+              IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -52,10 +54,9 @@ def _conv_fwd(X, WT, BIAS, OUT, M, T, H, W, T_out, Cin, Cout, stride_t,
         for c0 in range(0, Cin, BK):
             kk = c0 + offs_k
             mk = kk < Cin
-            a = tl.load(X + src[:, None] + kk[None, :], mask=mm[:, None] & mk[None, :], other=0.0).to(tl.float32)
-            b = tl.load(WT + (tap * Cin + kk)[:, None] * Cout + offs_n[None, :], mask=mk[:, None] & mn[None, :],
-                        other=0.0).to(tl.float32)
-            acc += tl.dot(a, b, input_precision=PREC)
+            a = tl.load(X + src[:, None] + kk[None, :], mask=mm[:, None] & mk[None, :], other=0.0)
+            b = SH.load_tile(WT, 0, tap * Cin + kk, mk, offs_n, Cout, Cout)
+            acc = SH.mma(a, b, acc, IN_T, DOT_T, PREC)
     if HAS_BIAS:
         acc += tl.load(BIAS + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
     tl.store(OUT + offs_m.to(tl.int64)[:, None] * Cout + offs_n[None, :], acc.to(OUT.dtype.element_ty),
@@ -64,7 +65,8 @@ def _conv_fwd(X, WT, BIAS, OUT, M, T, H, W, T_out, Cin, Cout, stride_t,
 
 @triton.jit
 def _conv_dx(GO, WT2, DX, M_src, T, H, W, T_out, Cin, Cout, stride_t,
-             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+             IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_r = pid_m * BM + tl.arange(0, BM)
@@ -107,17 +109,17 @@ def _conv_dx(GO, WT2, DX, M_src, T, H, W, T_out, Cin, Cout, stride_t,
                                 kk = c0 + offs_k
                                 mk = kk < Cout
                                 a = tl.load(GO + orow[:, None] + kk[None, :], mask=ok[:, None] & mk[None, :],
-                                            other=0.0).to(tl.float32)
-                                b = tl.load(WT2 + (tap * Cout + kk)[:, None] * Cin + offs_c[None, :],
-                                            mask=mk[:, None] & mc[None, :], other=0.0).to(tl.float32)
-                                acc += tl.dot(a, b, input_precision=PREC)
+                                            other=0.0)
+                                b = SH.load_tile(WT2, 0, tap * Cout + kk, mk, offs_c, Cin, Cin)
+                                acc = SH.mma(a, b, acc, IN_T, DOT_T, PREC)
     tl.store(DX + offs_r.to(tl.int64)[:, None] * Cin + offs_c[None, :], acc.to(DX.dtype.element_ty),
              mask=mr[:, None] & mc[None, :])
 
 
 @triton.jit
 def _conv_dw(X, GO, PW, M, T, H, W, T_out, Cin, Cout, stride_t, m_per_split, n_kblocks,
-             BK: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
+             BK: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+             IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     pid0 = tl.program_id(0)
     tap = pid0 // n_kblocks
     kb = pid0 % n_kblocks
@@ -144,10 +146,9 @@ def _conv_dw(X, GO, PW, M, T, H, W, T_out, Cin, Cout, stride_t, m_per_split, n_k
         hs = tl.minimum(tl.maximum(h_o + kh - 1, 0), H - 1)
         ws = tl.minimum(tl.maximum(w_o + kw - 1, 0), W - 1)
         src = (((g * T + ts) * H + hs) * W + ws).to(tl.int64) * Cin
-        a = tl.load(X + src[:, None] + offs_c[None, :], mask=mm[:, None] & mc[None, :], other=0.0).to(tl.float32)
-        gg = tl.load(GO + offs_m.to(tl.int64)[:, None] * Cout + offs_n[None, :], mask=mm[:, None] & mn[None, :],
-                     other=0.0).to(tl.float32)
-        acc += tl.dot(tl.trans(a), gg, input_precision=PREC)
+        a = tl.load(X + src[:, None] + offs_c[None, :], mask=mm[:, None] & mc[None, :], other=0.0)
+        gg = SH.load_tile(GO, 0, offs_m.to(tl.int64), mm, offs_n, Cout, Cout)
+        acc = SH.mma(tl.trans(a), gg, acc, IN_T, DOT_T, PREC)
     off = split.to(tl.int64) * 27 * Cin * Cout + (tap * Cin + offs_c)[:, None] * Cout + offs_n[None, :]
     tl.store(PW + off, acc, mask=mc[:, None] & mn[None, :])
 
@@ -189,7 +190,7 @@ def forward(x, weight, bias=None, stride_t=2):
     b = bias.contiguous() if bias is not None else wt
     grid = (C.cdiv(m, cfg["BM"]), C.cdiv(cout, cfg["BN"]))
     _conv_fwd[grid](x, wt, b, out, m, t, h, w, t_out, cin, cout, stride_t, HAS_BIAS=bias is not None,
-                    PREC=C.dot_precision(x.dtype), **cfg)
+                    **C.dot_args(x.dtype), **cfg)
     return out
 
 
@@ -203,13 +204,13 @@ def backward(grad_out, x, weight, stride_t=2):
     m = g * t_out * h * w
     gpu = C.on_gpu(x)
     cfg = _config(gpu)
-    prec = C.dot_precision(x.dtype)
+    dargs = C.dot_args(x.dtype)
     # dx
     wt2 = weight.permute(2, 3, 4, 0, 1).reshape(27, cout, cin).contiguous()  # [tap, Cout, Cin]
     dx = torch.empty_like(x)
     m_src = g * t * h * w
     _conv_dx[(C.cdiv(m_src, cfg["BM"]), C.cdiv(cin, cfg["BN"]))](
-        go, wt2, dx, m_src, t, h, w, t_out, cin, cout, stride_t, PREC=prec, **cfg)
+        go, wt2, dx, m_src, t, h, w, t_out, cin, cout, stride_t, **dargs, **cfg)
     # dweight: GEMM over M, split into partials when there are few output tiles
     bk, bn, bm = cfg["BN"], cfg["BN"], cfg["BM"]  # Cin tile, Cout tile, rows per step
     nkb = C.cdiv(cin, bk)
@@ -221,7 +222,7 @@ def backward(grad_out, x, weight, stride_t=2):
     pw = torch.empty((split, 27, cin, cout), dtype=torch.float32, device=x.device)
     lw = {k: v for k, v in cfg.items() if k in ("num_warps", "num_stages")}
     _conv_dw[(27 * nkb, C.cdiv(cout, bn), split)](
-        x, go, pw, m, t, h, w, t_out, cin, cout, stride_t, m_per_split, nkb, BK=bk, BN=bn, BM=bm, PREC=prec, **lw)
+        x, go, pw, m, t, h, w, t_out, cin, cout, stride_t, m_per_split, nkb, BK=bk, BN=bn, BM=bm, **dargs, **lw)
     dw = pw.sum(0) if split > 1 else pw[0]
     dweight = dw.view(3, 3, 3, cin, cout).permute(4, 3, 0, 1, 2).to(weight.dtype).contiguous()
     # dbias
