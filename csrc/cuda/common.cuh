@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 // VXLP_EMULATE: the CPU emulation of csrc/cuda/emu/ (kernels run as host threads, mma.sync emulated from its
 // PTX fragment layout) compiles these sources with a host compiler to test index arithmetic without a GPU.
@@ -294,6 +295,16 @@ __device__ __forceinline__ void store_pair(T* __restrict__ out, int ld, int nrow
 
 // ----------------------------------------------------------------------------------------------- host
 inline bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+// Whether 16-byte vector loads / stores are safe: rows of `n` elements of the kernel type of S_ are a whole
+// number of 16-byte vectors and every tensor's data is 16-byte aligned.
+template <typename S_>
+inline bool vec_ok(int64_t n, std::initializer_list<const at::Tensor*> ts) {
+  if (n % Vec<dev_t<S_>>::n != 0) return false;
+  for (const at::Tensor* t : ts)
+    if (!aligned16(*t)) return false;
+  return true;
+}
 
 inline void check_input(const at::Tensor& t, const char* op, const char* name, int64_t dim) {
   TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got device ", t.device());

@@ -391,14 +391,6 @@ double resolve_scale(const at::Tensor& q, std::optional<double> scale) {
   return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(2)));
 }
 
-template <typename S_>
-bool can_vec(int64_t D, std::initializer_list<const at::Tensor*> ts) {
-  if (D % Vec<dev_t<S_>>::n != 0) return false;
-  for (const at::Tensor* t : ts)
-    if (!aligned16(*t)) return false;
-  return true;
-}
-
 at::Tensor fa_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, std::optional<double> scale) {
   check_qkv(q, k, v);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -409,7 +401,7 @@ at::Tensor fa_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const dim3 grid(B * cdiv(S, FA_BM), cdiv(D, FA_DV));
   VXLP_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "cuda_frame_attention", [&] {
     using T = dev_t<scalar_t>;
-    const bool vec = can_vec<scalar_t>(D, {&q, &k, &v, &out});
+    const bool vec = vec_ok<scalar_t>(D, {&q, &k, &v, &out});
     const size_t smem = FaLayout<T>::fwd_bytes;
     allow_smem(fa_fwd_kernel<T>, smem);
     fa_fwd_kernel<T><<<grid, FA_THREADS, smem, stream>>>(dptr<scalar_t>(q), dptr<scalar_t>(k), dptr<scalar_t>(v),
@@ -439,7 +431,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fa_backward(const at::Tensor& gra
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   VXLP_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "cuda_frame_attention_backward", [&] {
     using T = dev_t<scalar_t>;
-    const bool vec = can_vec<scalar_t>(D, {&q, &k, &v, &grad_out});
+    const bool vec = vec_ok<scalar_t>(D, {&q, &k, &v, &grad_out});
     const size_t fsmem = FaLayout<T>::fwd_bytes;
     allow_smem(fa_fwd_kernel<T>, fsmem);
     fa_fwd_kernel<T><<<dim3(B * cdiv(S, FA_BM), nchunk), FA_THREADS, fsmem, stream>>>(

@@ -137,7 +137,7 @@ std::pair<at::Tensor, at::Tensor> qtg_raw(const at::Tensor& visual, const at::Te
     using T = dev_t<scalar_t>;
     qm = mean_mid<scalar_t>(query, stream);
     const int ntok = B * N;
-    const bool vec = D % Vec<T>::n == 0 && aligned16(visual);
+    const bool vec = vec_ok<scalar_t>(D, {&visual});
     qtg_raw_kernel<T><<<cdiv(ntok, SC_THREADS / 32), SC_THREADS, 0, stream>>>(
         dptr<scalar_t>(visual), qm.data_ptr<float>(), raw.data_ptr<float>(), N, D, ntok, vec);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -160,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qtg_forward(const at::Tensor& vis
   at::Tensor selected = at::empty({B, k, D}, visual.options());
   VXLP_DISPATCH_FLOAT_HALF_BF16(visual.scalar_type(), "cuda_query_topk_gather", [&] {
     using T = dev_t<scalar_t>;
-    const bool vec = D % Vec<T>::n == 0 && aligned16(visual) && aligned16(selected);
+    const bool vec = vec_ok<scalar_t>(D, {&visual, &selected});
     const int64_t per_b = k * (vec ? D / Vec<T>::n : D);
     const dim3 grid(std::min<int64_t>(cdiv(per_b, SC_THREADS), 4096), B);
     qtg_gather_kernel<T><<<grid, SC_THREADS, 0, stream>>>(dptr<scalar_t>(visual), scores.data_ptr<float>(),

@@ -70,11 +70,14 @@ __global__ void __launch_bounds__(SC_THREADS) wcolsum_kernel(const T* __restrict
   }
 }
 
-// Row-wise min-max to [0, 1] (a constant row gives zeros), one block per row of raw [R, L] (fp32).
-__global__ void __launch_bounds__(SC_THREADS) minmax_rows_kernel(const float* __restrict__ raw,
-                                                                  float* __restrict__ out, int L) {
-  __shared__ float red[32];
-  const float* x = raw + static_cast<size_t>(blockIdx.x) * L;
+// Range of one row x[0, L) of raw scores, shared by the min-max kernels: every thread gets lo = min and
+// hi = max, and den = hi − lo (1 for a constant row, whose scores and gradient are zeros: ok = false).
+// Block-wide (block_reduce): call from every thread of the block.
+struct RowRange {
+  float lo, hi, den;
+  bool ok;
+};
+__device__ __forceinline__ RowRange row_range(const float* __restrict__ x, int L, float* red) {
   float lo = INFINITY, hi = -INFINITY;
   for (int i = threadIdx.x; i < L; i += blockDim.x) {
     lo = fminf(lo, x[i]);
@@ -84,9 +87,17 @@ __global__ void __launch_bounds__(SC_THREADS) minmax_rows_kernel(const float* __
   hi = block_reduce<2>(hi, red);
   const float rng = hi - lo;
   const bool ok = rng > 0.f;
-  const float den = ok ? rng : 1.f;
+  return {lo, hi, ok ? rng : 1.f, ok};
+}
+
+// Row-wise min-max to [0, 1] (a constant row gives zeros), one block per row of raw [R, L] (fp32).
+__global__ void __launch_bounds__(SC_THREADS) minmax_rows_kernel(const float* __restrict__ raw,
+                                                                  float* __restrict__ out, int L) {
+  __shared__ float red[32];
+  const float* x = raw + static_cast<size_t>(blockIdx.x) * L;
+  const RowRange r = row_range(x, L, red);
   float* o = out + static_cast<size_t>(blockIdx.x) * L;
-  for (int i = threadIdx.x; i < L; i += blockDim.x) o[i] = ok ? (x[i] - lo) / den : 0.f;
+  for (int i = threadIdx.x; i < L; i += blockDim.x) o[i] = r.ok ? (x[i] - r.lo) / r.den : 0.f;
 }
 
 // Gradient of the row-wise min-max w.r.t. raw, as autograd through the reference (amin / amax share their
@@ -98,16 +109,9 @@ __global__ void __launch_bounds__(SC_THREADS) minmax_bwd_kernel(const float* __r
   const size_t off = static_cast<size_t>(blockIdx.x) * L;
   const float* x = raw + off;
   const float* gr = grad + off;
-  float lo = INFINITY, hi = -INFINITY;
-  for (int i = threadIdx.x; i < L; i += blockDim.x) {
-    lo = fminf(lo, x[i]);
-    hi = fmaxf(hi, x[i]);
-  }
-  lo = block_reduce<1>(lo, red);
-  hi = block_reduce<2>(hi, red);
-  const float rng = hi - lo;
-  const bool ok = rng > 0.f;
-  const float den = ok ? rng : 1.f;
+  const RowRange r = row_range(x, L, red);
+  const float lo = r.lo, hi = r.hi, den = r.den;
+  const bool ok = r.ok;
   float s_lo = 0.f, s_hi = 0.f, n_lo = 0.f, n_hi = 0.f;
   for (int i = threadIdx.x; i < L; i += blockDim.x) {
     const float s = (x[i] - lo) / den;

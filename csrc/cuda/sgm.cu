@@ -152,7 +152,7 @@ SgmRaw sgm_raw(const at::Tensor& x, const at::Tensor& temp_query, const at::Tens
     using T = dev_t<scalar_t>;
     o.m = mean_mid<scalar_t>(x.view({G * Tn, S, C}), stream);
     const int ntok = G * Tn * S;
-    const bool vec = C % Vec<T>::n == 0 && aligned16(x);
+    const bool vec = vec_ok<scalar_t>(C, {&x});
     sgm_raw_kernel<T><<<cdiv(ntok, SC_THREADS / 32), SC_THREADS, 0, stream>>>(
         dptr<scalar_t>(x), o.m.data_ptr<float>(), o.tq.data_ptr<float>(), o.sq.data_ptr<float>(),
         o.raw.data_ptr<float>(), Tn, S, C, ntok, vec);

@@ -420,8 +420,7 @@ at::Tensor ta_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const size_t smem = fwd_smem(G);
   VXLP_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "cuda_temporal_attention", [&] {
     using T = dev_t<scalar_t>;
-    G.vec = G.D % Vec<T>::n == 0 && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(rel_k) &&
-            aligned16(rel_v);
+    G.vec = vec_ok<scalar_t>(G.D, {&q, &k, &v, &rel_k, &rel_v});
     allow_smem(ta_fwd_kernel<T>, smem);
     ta_fwd_kernel<T><<<G.N, TA_THREADS, smem, stream>>>(dptr<scalar_t>(q), dptr<scalar_t>(k), dptr<scalar_t>(v),
                                                         dptr<scalar_t>(rel_k), dptr<scalar_t>(rel_v),
@@ -453,8 +452,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ta_backwa
   const size_t smem = bwd_smem(G);
   VXLP_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "cuda_temporal_attention_backward", [&] {
     using T = dev_t<scalar_t>;
-    G.vec = G.D % Vec<T>::n == 0 && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(rel_k) &&
-            aligned16(rel_v) && aligned16(grad_out);
+    G.vec = vec_ok<scalar_t>(G.D, {&q, &k, &v, &rel_k, &rel_v, &grad_out});
     allow_smem(ta_bwd_kernel<T>, smem);
     ta_bwd_kernel<T><<<nblk, TA_THREADS, smem, stream>>>(
         dptr<scalar_t>(q), dptr<scalar_t>(k), dptr<scalar_t>(v), dptr<scalar_t>(rel_k), dptr<scalar_t>(rel_v),

@@ -352,14 +352,6 @@ void check_args(const at::Tensor& x, const at::Tensor& weight, int64_t stride_t)
               OP, ": problem too large for 32-bit indexing");
 }
 
-template <typename S_>
-bool vec_ok(int64_t chans, std::initializer_list<const at::Tensor*> ts) {
-  if (chans % Vec<dev_t<S_>>::n != 0) return false;
-  for (const at::Tensor* t : ts)
-    if (!aligned16(*t)) return false;
-  return true;
-}
-
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         int64_t stride_t) {
   check_args(x, weight, stride_t);
