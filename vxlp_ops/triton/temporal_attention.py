@@ -23,7 +23,7 @@ from vxlp_ops import dispatch
 from . import _common as C
 from . import _shared as SH
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: compiled kernels may read no other globals
 MAX_T = 64
 
 
