@@ -1,9 +1,10 @@
 """Shared helpers of the Triton backend: the ``reasons`` checks, launch configuration, dtype plumbing.
 
-Kernels load any of float32 / float16 / bfloat16, upcast to float32 right after ``tl.load``, accumulate in
-float32 and downcast at the store (the interpreter stores bfloat16 as raw uint16, so no arithmetic is ever
-done on 16-bit values). ``tl.dot`` runs with ``input_precision="ieee"`` for float32 inputs (exact, like the
-reference) and ``"tf32"`` for 16-bit inputs (exact on the upcast operands, faster on the GPU).
+Kernels load any of float32 / float16 / bfloat16 and keep the tiles in that dtype up to ``tl.dot``, which
+accumulates in float32 (:func:`dot_args`, :func:`vxlp_ops.triton._shared.mma`): bf16 / fp16 operands run on
+the tensor cores at their own rate, float32 operands with ``input_precision="ieee"``. Float32 intermediates
+that feed a second product (softmax probabilities, dS) are rounded to the input dtype first, as FlashAttention
+does. Element-wise math (softmax, scaling, reductions) is float32; results are cast at the store.
 
 Only APIs present in both Triton 3.6 and 3.7 are used (plain pointer arithmetic + masks, ``tl.gather``
 (since 3.3), ``tl.debug_barrier``); no autotuning, one fixed configuration per device kind.
@@ -83,13 +84,23 @@ def on_gpu(t: torch.Tensor) -> bool:
     return t.device.type == "cuda" and not INTERPRET_AT_IMPORT
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
-def dot_args(dtype: torch.dtype) -> dict:
-    """The constexprs ``IN_T``, ``DOT_T``, ``PREC`` of :func:`vxlp_ops.triton._shared.mma` for inputs of ``dtype``."""
-    return dict(IN_T=tl.float32, DOT_T=tl.float32, PREC=dot_precision(dtype))
+def dot_args(dtype: torch.dtype, interpret: bool | None = None) -> dict:
+    """The constexprs ``IN_T``, ``DOT_T``, ``PREC`` of :func:`vxlp_ops.triton._shared.mma` for inputs of ``dtype``.
+
+    ``tl.dot`` gets the input dtype (``IN_T = DOT_T``): fp16 / bf16 tiles go to the tensor cores as they are,
+    with a float32 accumulator; float32 inputs multiply in float32 with ``input_precision="ieee"`` (exact, like
+    the reference). The one exception is bf16 under the Triton interpreter (``interpret``, default: whether the
+    kernels were loaded in interpreter mode), which stores bf16 as raw uint16 and cannot multiply it: there
+    ``DOT_T`` is float32. The operands are still rounded to bf16 first (``IN_T``), and a bf16 × bf16 product is
+    exact in float32, so the interpreter computes what the tensor cores compute (up to summation order).
+    """
+    in_t = _TL_DTYPES[dtype]
+    interpret = INTERPRET_AT_IMPORT if interpret is None else interpret
+    dot_t = tl.float32 if (interpret and dtype == torch.bfloat16) else in_t
+    return dict(IN_T=in_t, DOT_T=dot_t, PREC="ieee" if dot_t == tl.float32 else "tf32")
 
 
 def next_pow2(n: int) -> int:

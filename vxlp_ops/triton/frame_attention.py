@@ -1,14 +1,34 @@
-"""Triton ``frame_attention``: flash-attention forward and FlashAttention-2 backward with D tiled in chunks.
+"""Triton ``frame_attention``: flash-attention forward and FlashAttention-2 backward, any head width D.
 
-Forward (``_fa_fwd``): one program per (batch row, block of BM queries); online softmax over key blocks of
-BN; ``q kᵀ`` accumulated over D-chunks of BD. When D fits one chunk (``SINGLE``) the [BM, D] output
-accumulator lives in registers; otherwise (D up to 1152 and beyond, any D) it lives in a float32 scratch
-tile of the program's own rows (the output itself for float32), read-rescaled-written per key block, with
-``tl.debug_barrier()`` between key blocks (so no recomputation of ``q kᵀ`` per D-chunk).
+Operands: q, k, v (and dO) tiles reach ``tl.dot`` in the input dtype (bf16 / fp16 on the tensor cores, float32
+with ``input_precision="ieee"``) with a float32 accumulator; the probabilities P and dS are rounded to the
+input dtype before the second product (P·V, Pᵀ·dO, dSᵀ·Q, dS·K), as FlashAttention does (``_shared.mma``,
+``_common.dot_args``; the one exception is bf16 under the Triton interpreter, see ``dot_args``).
+
+Forward (``_fa_fwd``): one program per (batch row, block of BM queries); online softmax over key blocks of BN.
+The float32 output accumulator of the block never leaves the chip. It is held in registers as two tiles,
+``[BM, DH]`` and ``[BM, DL]`` (powers of two, ``DH = prev_pow2(D)``, ``DL = next_pow2(D − DH)``: 1152 = 1024 +
+128, no padding; one tile when D ≤ 128), and per key block the scores ``q kᵀ`` are computed once (over D in
+chunks of BD, or with the query tile resident when D fits one chunk) and used for both tiles. Why this rather
+than splitting D over programs or over an outer loop: any split of the output columns recomputes ``q kᵀ`` once
+per split (9× for 1152 in chunks of 128: 20·S²·D instead of 4·S²·D FLOPs), while the register tiles cost only
+BM rows: 16 × 1152 float32 = 72 registers per thread over 8 warps (BM = 16, BN = 16, 8 warps for D > 128;
+ptxas for sm_80: 244 registers, no spills — ``scripts/check_triton_compile.py``). The price is a small M tile
+(mma.sync m16n8k16 rather than Hopper's wgmma, which needs M = 64 per warpgroup) and K/V blocks read once per
+16 queries (from L2).
+
+FLOPs per call (tensor-core multiply-adds × 2, padding excluded): forward 4·B·S²·D (``q kᵀ`` and P·V once
+each, no recomputation; for the DTS, B·S²·D = B·576²·1152: 1.53 GFLOP per batch row); backward 18·B·S²·D
+(``_fa_bwd_stats`` 4: ``q kᵀ`` and dO·vᵀ; ``_fa_bwd_dkdv`` 8: both again, Pᵀ·dO, dSᵀ·Q; ``_fa_bwd_dq`` 6:
+both again, dS·K). Padded work: S to multiples of BM / BN, ``q kᵀ`` to a multiple of BD, P·V to DH + DL.
 
 Backward: ``_fa_bwd_stats`` recomputes the log-sum-exp and ``delta = rowsum(dO·O) = Σ_j p_ij·(dO_i·v_j)``
-online (no forward output needed); ``_fa_bwd_dkdv`` (one program per key block: dK, dV) and ``_fa_bwd_dq``
-(one program per query block) recompute P from the LSE, with the same register / scratch accumulators.
+online (no forward output needed); ``_fa_bwd_dkdv`` (one program per key block: dK, dV) and ``_fa_bwd_dq`` (one
+program per query block) recompute P from the LSE. When D fits one chunk (``SINGLE``, D ≤ 128 on GPUs) the
+program's own tiles stay in registers and the accumulators too; otherwise the dK / dV / dQ accumulators (two
+[BN, D] or one [BM, D] per program, too many registers for D = 1152) live in a float32 scratch tile of the
+program's own rows, read-added-written per block with ``tl.debug_barrier()`` between blocks. Launch
+configurations (GPU): chosen with ptxas's register / spill counts for sm_80, not timed on a GPU.
 """
 
 from __future__ import annotations
@@ -61,6 +81,14 @@ def _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D,
 
 
 @triton.jit
+def _fa_pair(a, b, c, d, BM: tl.constexpr, BN: tl.constexpr,
+             IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
+    """``(a bᵀ, c dᵀ)`` of register-resident tiles (the one-chunk form of :func:`_fa_scores_dp`)."""
+    zero = tl.zeros([BM, BN], tl.float32)
+    return SH.mma(a, tl.trans(b), zero, IN_T, DOT_T, PREC), SH.mma(c, tl.trans(d), zero, IN_T, DOT_T, PREC)
+
+
+@triton.jit
 def _fa_p_ds(s, dp, lse, delta, mask_m, mask_n, qk_scale):
     """Probabilities ``p = exp2(s·c − lse)`` (0 outside the valid block) and ``ds = p ∘ (dp − delta)``."""
     p = tl.exp2(s * qk_scale - lse[:, None])
@@ -88,9 +116,13 @@ def _fa_scratch_out(ACC, OUT, base, rows, row_mask, D, mul, BD: tl.constexpr):
 
 
 @triton.jit
-def _fa_fwd(Q, K, V, O, ACC, S, D, n_mblocks, qk_scale,
-            SINGLE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+def _fa_fwd(Q, K, V, O, S, D, n_mblocks, qk_scale,
+            BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr,
+            HAS_LO: tl.constexpr, Q_ONCE: tl.constexpr,
             IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
+    """One program per (batch row, block of BM queries). The float32 output accumulator of the block stays in
+    registers as two tiles, columns [0, DH) and [DH, DH + DL) (powers of two, DH + DL ≥ D; the second only
+    with HAS_LO); per key block the scores are computed once (over D in chunks of BD) and both tiles updated."""
     pid = tl.program_id(0)
     b = pid // n_mblocks
     mb = pid % n_mblocks
@@ -98,41 +130,42 @@ def _fa_fwd(Q, K, V, O, ACC, S, D, n_mblocks, qk_scale,
     offs_m = mb * BM + tl.arange(0, BM)
     mask_m = offs_m < S
     offs_nb = tl.arange(0, BN)
-    offs_d = tl.arange(0, BD)
+    offs_h = tl.arange(0, DH)
+    offs_l = DH + tl.arange(0, DL)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, BD], tl.float32)
+    acc_h = tl.zeros([BM, DH], tl.float32)
+    acc_l = tl.zeros([BM, DL], tl.float32)
+    if Q_ONCE:  # D in one chunk (BD = DH ≥ D): the query tile stays in registers for every key block
+        q = SH.load_tile(Q, base, offs_m, mask_m, offs_h, D, D)
     for start_n in range(0, S, BN):
         offs_n = start_n + offs_nb
         mask_n = offs_n < S
-        s = _fa_scores(Q, K, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T, PREC)
+        if Q_ONCE:
+            k = SH.load_tile(K, base, offs_n, mask_n, offs_h, D, D)
+            s = SH.mma(q, tl.trans(k), tl.zeros([BM, BN], tl.float32), IN_T, DOT_T, PREC)
+        else:
+            s = _fa_scores(Q, K, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T, PREC)
         s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if SINGLE:
-            v = SH.load_tile(V, base, offs_n, mask_n, offs_d, D, D)
-            acc = SH.mma(p, v, acc * alpha[:, None], IN_T, DOT_T, PREC)
-        else:
-            for d0 in range(0, D, BD):
-                dd = d0 + offs_d
-                v = SH.load_tile(V, base, offs_n, mask_n, dd, D, D)
-                a = SH.load_tile(ACC, base, offs_m, mask_m & (start_n > 0), dd, D, D)
-                a = SH.mma(p, v, a * alpha[:, None], IN_T, DOT_T, PREC)
-                SH.store_tile(ACC, base, offs_m, mask_m, dd, D, D, a)
-            tl.debug_barrier()
+        v = SH.load_tile(V, base, offs_n, mask_n, offs_h, D, D)
+        acc_h = SH.mma(p, v, acc_h * alpha[:, None], IN_T, DOT_T, PREC)
+        if HAS_LO:
+            v = SH.load_tile(V, base, offs_n, mask_n, offs_l, D, D)
+            acc_l = SH.mma(p, v, acc_l * alpha[:, None], IN_T, DOT_T, PREC)
         m_i = m_new
     inv_l = 1.0 / l_i
-    if SINGLE:
-        SH.store_tile(O, base, offs_m, mask_m, offs_d, D, D, acc * inv_l[:, None])
-    else:
-        _fa_scratch_out(ACC, O, base, offs_m, mask_m, D, inv_l[:, None], BD)
+    SH.store_tile(O, base, offs_m, mask_m, offs_h, D, D, acc_h * inv_l[:, None])
+    if HAS_LO:
+        SH.store_tile(O, base, offs_m, mask_m, offs_l, D, D, acc_l * inv_l[:, None])
 
 
 @triton.jit
 def _fa_bwd_stats(Q, K, V, DO, LSE, DELTA, S, D, n_mblocks, qk_scale,
-                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                  SINGLE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
                   IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     """LSE (log2 domain, of the scaled logits) and delta_i = Σ_j p_ij (dO_i·v_j), online over key blocks."""
     pid = tl.program_id(0)
@@ -145,10 +178,20 @@ def _fa_bwd_stats(Q, K, V, DO, LSE, DELTA, S, D, n_mblocks, qk_scale,
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     d_i = tl.zeros([BM], tl.float32)
+    offs_d = tl.arange(0, BD)
+    if SINGLE:  # D in one chunk: the query-side tiles stay in registers
+        q = SH.load_tile(Q, base, offs_m, mask_m, offs_d, D, D)
+        do = SH.load_tile(DO, base, offs_m, mask_m, offs_d, D, D)
     for start_n in range(0, S, BN):
         offs_n = start_n + offs_nb
         mask_n = offs_n < S
-        s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T, PREC)
+        if SINGLE:
+            k = SH.load_tile(K, base, offs_n, mask_n, offs_d, D, D)
+            v = SH.load_tile(V, base, offs_n, mask_n, offs_d, D, D)
+            s, dp = _fa_pair(q, k, do, v, BM, BN, IN_T, DOT_T, PREC)
+        else:
+            s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T,
+                                  PREC)
         s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -174,18 +217,25 @@ def _fa_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ACCK, ACCV, S, D, n_nblocks, q
     offs_d = tl.arange(0, BD)
     dk_acc = tl.zeros([BN, BD], tl.float32)
     dv_acc = tl.zeros([BN, BD], tl.float32)
+    if SINGLE:  # D in one chunk: the key-side tiles stay in registers
+        k = SH.load_tile(K, base, offs_n, mask_n, offs_d, D, D)
+        v = SH.load_tile(V, base, offs_n, mask_n, offs_d, D, D)
     for start_m in range(0, S, BM):
         offs_m = start_m + offs_mb
         mask_m = offs_m < S
-        s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T, PREC)
+        if SINGLE:
+            q = SH.load_tile(Q, base, offs_m, mask_m, offs_d, D, D)
+            do = SH.load_tile(DO, base, offs_m, mask_m, offs_d, D, D)
+            s, dp = _fa_pair(q, k, do, v, BM, BN, IN_T, DOT_T, PREC)
+        else:
+            s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T,
+                                  PREC)
         lse = tl.load(LSE + b * S + offs_m, mask=mask_m, other=0.0)
         delta = tl.load(DELTA + b * S + offs_m, mask=mask_m, other=0.0)
         p, ds = _fa_p_ds(s, dp, lse, delta, mask_m, mask_n, qk_scale)
         pt = tl.trans(p)
         dst = tl.trans(ds)
         if SINGLE:
-            q = SH.load_tile(Q, base, offs_m, mask_m, offs_d, D, D)
-            do = SH.load_tile(DO, base, offs_m, mask_m, offs_d, D, D)
             dv_acc = SH.mma(pt, do, dv_acc, IN_T, DOT_T, PREC)
             dk_acc = SH.mma(dst, q, dk_acc, IN_T, DOT_T, PREC)
         else:
@@ -220,13 +270,21 @@ def _fa_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ACCQ, S, D, n_mblocks, qk_scale, sca
     lse = tl.load(LSE + b * S + offs_m, mask=mask_m, other=0.0)
     delta = tl.load(DELTA + b * S + offs_m, mask=mask_m, other=0.0)
     dq_acc = tl.zeros([BM, BD], tl.float32)
+    if SINGLE:  # D in one chunk: the query-side tiles stay in registers
+        q = SH.load_tile(Q, base, offs_m, mask_m, offs_d, D, D)
+        do = SH.load_tile(DO, base, offs_m, mask_m, offs_d, D, D)
     for start_n in range(0, S, BN):
         offs_n = start_n + offs_nb
         mask_n = offs_n < S
-        s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T, PREC)
-        p, ds = _fa_p_ds(s, dp, lse, delta, mask_m, mask_n, qk_scale)
         if SINGLE:
             k = SH.load_tile(K, base, offs_n, mask_n, offs_d, D, D)
+            v = SH.load_tile(V, base, offs_n, mask_n, offs_d, D, D)
+            s, dp = _fa_pair(q, k, do, v, BM, BN, IN_T, DOT_T, PREC)
+        else:
+            s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T,
+                                  PREC)
+        p, ds = _fa_p_ds(s, dp, lse, delta, mask_m, mask_n, qk_scale)
+        if SINGLE:
             dq_acc = SH.mma(ds, k, dq_acc, IN_T, DOT_T, PREC)
         else:
             for d0 in range(0, D, BD):
@@ -241,11 +299,34 @@ def _fa_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ACCQ, S, D, n_mblocks, qk_scale, sca
         _fa_scratch_out(ACCQ, DQ, base, offs_m, mask_m, D, scale, BD)
 
 
-def _config(d: int, gpu: bool) -> dict:
+def _acc_split(d: int, single_max: int) -> dict:
+    """The forward's [BM, D] register accumulator as tiles [BM, DH] + [BM, DL] (powers of two ≥ 16, DH + DL ≥ D):
+    one tile ``next_pow2(D)`` wide up to ``single_max``, else ``DH = prev_pow2(D)`` and ``DL = next_pow2(D − DH)``
+    (1152 = 1024 + 128, 768 = 512 + 256: no padding for the DTS widths)."""
+    if d <= single_max:
+        return dict(DH=max(16, C.next_pow2(d)), DL=16, HAS_LO=False)
+    dh = C.next_pow2(d) if C.next_pow2(d) == d else C.next_pow2(d) // 2
+    rest = d - dh
+    return dict(DH=dh, DL=max(16, C.next_pow2(rest)) if rest else 16, HAS_LO=rest > 0)
+
+
+def _fwd_config(d: int, gpu: bool) -> dict:
     if gpu:
         if d <= 128:
-            return dict(SINGLE=True, BM=64, BN=64, BD=max(16, C.next_pow2(d)), num_warps=4, num_stages=2)
-        return dict(SINGLE=False, BM=64, BN=64, BD=64, num_warps=4, num_stages=2)
+            return dict(BM=64, BN=64, BD=max(16, C.next_pow2(d)), **_acc_split(d, 128), num_warps=4, num_stages=2)
+        # the accumulator is BM·D float32 in registers: 16 rows × 1152 = 72 registers per thread over 8 warps
+        return dict(BM=16, BN=16, BD=64, **_acc_split(d, 128), num_warps=8, num_stages=2)
+    # interpreter: small blocks, so small test shapes still cover several blocks, chunks, both accumulator tiles
+    # and masked tails
+    return dict(BM=16, BN=16, BD=32, **_acc_split(d, 32))
+
+
+def _config(d: int, gpu: bool) -> dict:
+    """The backward's configuration (SINGLE: D in one chunk, else float32 scratch accumulators)."""
+    if gpu:
+        if d <= 128:
+            return dict(SINGLE=True, BM=64, BN=64, BD=max(16, C.next_pow2(d)), num_warps=8, num_stages=2)
+        return dict(SINGLE=False, BM=64, BN=64, BD=32, num_warps=8, num_stages=2)
     # interpreter: small blocks, so small test shapes still cover several blocks, chunks and masked tails
     if d <= 32:
         return dict(SINGLE=True, BM=16, BN=16, BD=max(16, C.next_pow2(d)))
@@ -265,16 +346,13 @@ def forward(q, k, v, scale=None):
     b, s, d = q.shape
     if scale is None:
         scale = d**-0.5
-    cfg = _config(d, C.on_gpu(q))
+    cfg = _fwd_config(d, C.on_gpu(q))
     out = torch.empty_like(q)
-    if cfg["SINGLE"] or q.dtype == torch.float32:
-        acc = out
-    else:
-        acc = torch.empty((b, s, d), dtype=torch.float32, device=q.device)
     nmb = C.cdiv(s, cfg["BM"])
     _fa_fwd[(b * nmb,)](
-        q, k, v, out, acc, s, d, nmb, float(scale) * LOG2E,
-        **C.dot_args(q.dtype), **_kernel_kw(cfg, "SINGLE", "BM", "BN", "BD"), **_launch_kw(cfg),
+        q, k, v, out, s, d, nmb, float(scale) * LOG2E,
+        Q_ONCE=not cfg["HAS_LO"] and cfg["BD"] >= d, **C.dot_args(q.dtype),
+        **_kernel_kw(cfg, "BM", "BN", "BD", "DH", "DL", "HAS_LO"), **_launch_kw(cfg),
     )
     return out
 
@@ -293,7 +371,7 @@ def backward(grad_out, q, k, v, scale=None):
     delta = torch.empty((b, s), **f32)
     nmb = C.cdiv(s, cfg["BM"])
     nnb = C.cdiv(s, cfg["BN"])
-    _fa_bwd_stats[(b * nmb,)](q, k, v, do, lse, delta, s, d, nmb, scale * LOG2E, **kw, **lw)
+    _fa_bwd_stats[(b * nmb,)](q, k, v, do, lse, delta, s, d, nmb, scale * LOG2E, SINGLE=cfg["SINGLE"], **kw, **lw)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     direct = cfg["SINGLE"] or q.dtype == torch.float32
     acck = dk if direct else torch.empty((b, s, d), **f32)
