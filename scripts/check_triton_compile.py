@@ -204,6 +204,22 @@ def _cases(op: str, dtype: torch.dtype):
         go = t(1, 2, 3, 3, 64)
         yield f"temporal_merge_conv3d fwd {dn}", CV, lambda: CV.forward(x, w, None, 2)
         yield f"temporal_merge_conv3d bwd {dn}", CV, lambda: CV.backward(go, x, w, 2)
+    elif op == "sgm":
+        import vxlp_ops.triton.sgm as SG
+
+        x, tq, sq = t(2, 4, 36, 1152), t(2, 1152), t(3, 1152)
+        gs = torch.randn(2, 4, 36)
+        sc = torch.rand(2, 4, 36)
+        yield f"sgm_scores fwd {dn}", SG, lambda: SG.scores_forward(x, tq, sq)
+        yield f"sgm_scores bwd {dn}", SG, lambda: SG.scores_backward(gs, x, tq, sq)
+        yield f"sgm_mask {dn}", SG, lambda: SG.mask_forward(sc.to(dtype), 0.5, 0.75, None)
+    elif op == "query_topk_gather":
+        import vxlp_ops.triton.query_topk_gather as QT
+
+        vis, qry = t(2, 64, 1152), t(2, 5, 1152)
+        idx = torch.arange(8).expand(2, 8).contiguous()
+        yield f"query_topk_gather fwd {dn}", QT, lambda: QT.forward(vis, qry, 8, True)
+        yield f"query_topk_gather bwd {dn}", QT, lambda: QT.backward(t(2, 8, 1152), torch.randn(2, 64), vis, qry, idx, True)
     else:
         raise ValueError(f"no compile cases for {op}")
 
