@@ -19,6 +19,7 @@ import functools
 import torch
 
 from . import dispatch
+from ._layout_cache import conv_weight
 from .reference.sgm import mask_counts
 
 BACKEND = "cuda"
@@ -107,11 +108,14 @@ def _ta_reasons(q, k, v, rel_k, rel_v, transposed_rel_k=False):
 
 # ------------------------------------------------------------------------------------------------ temporal_merge_conv3d
 def _conv_forward(x, weight, bias=None, stride_t=2):
-    return _ops.cuda_temporal_merge_conv3d(_c(x), _c(weight), _c(bias), int(stride_t))
+    # the [Cout, 27·Cin] GEMM layout of the weight, laid out once per weight state (vxlp_ops._layout_cache)
+    rows = conv_weight(weight, "rows")
+    return _ops.cuda_temporal_merge_conv3d(_c(x), _c(weight), _c(bias), int(stride_t), rows)
 
 
 def _conv_backward(grad_out, x, weight, stride_t=2):
-    return tuple(_ops.cuda_temporal_merge_conv3d_backward(_c(grad_out), _c(x), _c(weight), int(stride_t)))
+    cols = conv_weight(weight, "cols")
+    return tuple(_ops.cuda_temporal_merge_conv3d_backward(_c(grad_out), _c(x), _c(weight), int(stride_t), cols))
 
 
 def _conv_reasons(x, weight, bias=None, stride_t=2):

@@ -101,6 +101,12 @@ def temporal_merge_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         TypeError / ValueError naming the argument for bad dtypes, shapes, devices or stride.
 
     Differentiable in x, weight and bias. Source: SPEC §2 TemporalMergeConv; OPS.md op 3.
+
+    The CUDA and Triton backends multiply with the weight re-laid out for their GEMMs (27·Cout·Cin elements);
+    that layout is cached per weight (``vxlp_ops._layout_cache.CONV_WEIGHTS``) and redone only after an in-place
+    update of the weight (its ``_version`` moves: optimizer steps, ``add_``, ``copy_``). After writing the weight
+    in a way the version counter does not see (through ``weight.data`` or a NumPy / DLPack view), call
+    ``vxlp_ops._layout_cache.CONV_WEIGHTS.clear()``.
     """
     check(x, weight, bias, stride_t)
     return torch.ops.vxlp_ops.temporal_merge_conv3d(x, weight, bias, stride_t)

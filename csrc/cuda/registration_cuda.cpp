@@ -2,6 +2,10 @@
 // vxlp_ops/_cuda.py, never directly by users) and their Meta (shape-only) implementations. The CUDA
 // implementations live in the .cu file of each op family. Compiled only in CUDA builds (setup.py).
 //
+// cuda_temporal_merge_conv3d(_backward) take the weight optionally already laid out for the GEMM (weight_rows
+// [Cout, 27·Cin], weight_cols [Cin, 27·Cout], (kt, kh, kw, channel) order), so that the Python side can lay a
+// weight out once per weight state (vxlp_ops/_layout_cache.py) instead of on every call.
+//
 // cuda_sgm_mask takes the uniform noise [G, T, n_pool] drawn on the Python side with torch.rand exactly as the
 // reference does (so that masks match it bit for bit) and the masked count n_mask.
 #include <ATen/ATen.h>
@@ -21,10 +25,12 @@ TORCH_LIBRARY_FRAGMENT(vxlp_ops, m) {
   m.def(
       "cuda_temporal_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor rel_k,"
       " Tensor rel_v, bool transposed_rel_k=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("cuda_temporal_merge_conv3d(Tensor x, Tensor weight, Tensor? bias=None, int stride_t=2) -> Tensor");
   m.def(
-      "cuda_temporal_merge_conv3d_backward(Tensor grad_out, Tensor x, Tensor weight, int stride_t=2)"
-      " -> (Tensor, Tensor, Tensor)");
+      "cuda_temporal_merge_conv3d(Tensor x, Tensor weight, Tensor? bias=None, int stride_t=2,"
+      " Tensor? weight_rows=None) -> Tensor");
+  m.def(
+      "cuda_temporal_merge_conv3d_backward(Tensor grad_out, Tensor x, Tensor weight, int stride_t=2,"
+      " Tensor? weight_cols=None) -> (Tensor, Tensor, Tensor)");
   m.def("cuda_sgm_scores(Tensor x, Tensor temp_query, Tensor spatial_query) -> Tensor");
   m.def(
       "cuda_sgm_scores_backward(Tensor grad_scores, Tensor x, Tensor temp_query, Tensor spatial_query)"
@@ -56,12 +62,13 @@ T5 ta_bwd_meta(const Tensor&, const Tensor& q, const Tensor& k, const Tensor& v,
                bool) {
   return {like(q), like(k), like(v), like(rk), like(rv)};
 }
-Tensor conv_meta(const Tensor& x, const Tensor& w, const std::optional<Tensor>&, int64_t stride_t) {
+Tensor conv_meta(const Tensor& x, const Tensor& w, const std::optional<Tensor>&, int64_t stride_t,
+                 const std::optional<Tensor>&) {
   TORCH_CHECK(x.dim() == 5 && w.dim() == 5 && stride_t >= 1, "cuda_temporal_merge_conv3d: bad arguments");
   const int64_t t_out = (x.size(1) + 1 - 3) / stride_t + 1;
   return at::empty({x.size(0), t_out, x.size(2), x.size(3), w.size(0)}, x.options());
 }
-T3 conv_bwd_meta(const Tensor&, const Tensor& x, const Tensor& w, int64_t) {
+T3 conv_bwd_meta(const Tensor&, const Tensor& x, const Tensor& w, int64_t, const std::optional<Tensor>&) {
   return {like(x), like(w), at::empty({w.size(0)}, w.options())};
 }
 Tensor sgm_meta(const Tensor& x, const Tensor&, const Tensor&) {

@@ -15,6 +15,9 @@
 //    (dx[t,h,w] = Σ of dxp over its preimages, fixed order). No atomics;
 //  - dweight (ConvWgrad): dw[co, k] = Σ_m dout[m, co] · im2col(x)[m, k] (both operands k-major);
 //  - dbias: a fixed-order at::sum of grad_out over (G, T_out, H, W).
+// The weight enters the forward as [Cout, 27·Cin] rows and the input gradient as [Cin, 27·Cout]; the Python side
+// passes both laid out once per weight state (weight_rows / weight_cols, vxlp_ops/_layout_cache.py), and
+// laid_out() re-lays them here only when called without.
 #include <torch/library.h>
 
 #include <algorithm>
@@ -352,8 +355,24 @@ void check_args(const at::Tensor& x, const at::Tensor& weight, int64_t stride_t)
               OP, ": problem too large for 32-bit indexing");
 }
 
+// `weight` [Cout, Cin, 3, 3, 3] as the GEMM operand: [Cout, 27·Cin] (kt, kh, kw, ci) rows — or [Cin, 27·Cout]
+// (kt, kh, kw, co) for the input gradient (`transposed`) — taken as given when the caller laid it out already.
+at::Tensor laid_out(const at::Tensor& weight, const std::optional<at::Tensor>& given, bool transposed) {
+  const int64_t cout = weight.size(0), cin = weight.size(1);
+  const int64_t rows = transposed ? cin : cout, cols = 27 * (transposed ? cout : cin);
+  if (given.has_value()) {
+    const char* name = transposed ? "weight_cols" : "weight_rows";
+    check_input(*given, OP, name, 2);
+    check_same(*given, OP, name, weight, "weight");
+    check_shape(*given, OP, name, {rows, cols}, transposed ? "[Cin, 27·Cout]" : "[Cout, 27·Cin]");
+    return *given;
+  }
+  if (transposed) return weight.permute({1, 2, 3, 4, 0}).reshape({rows, cols}).contiguous();
+  return weight.permute({0, 2, 3, 4, 1}).reshape({rows, cols}).contiguous();
+}
+
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                        int64_t stride_t) {
+                        int64_t stride_t, const std::optional<at::Tensor>& weight_rows) {
   check_args(x, weight, stride_t);
   if (bias.has_value()) {
     check_input(*bias, OP, "bias", 1);
@@ -365,7 +384,7 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const std
   const ConvGeom c = make_geom(x, weight, stride_t);
   const int K = 27 * c.Cin;
   at::Tensor out = at::empty({c.G, c.To, c.H, c.W, c.Cout}, x.options());
-  const at::Tensor wr = weight.permute({0, 2, 3, 4, 1}).reshape({c.Cout, K}).contiguous();
+  const at::Tensor wr = laid_out(weight, weight_rows, false);
   // split K when the output tiles alone cannot fill the GPU (≥ 8 k-steps per split, ≤ 16 splits)
   const int64_t tiles = cdiv(c.M, GM) * cdiv(c.Cout, GN);
   const int64_t want = 2 * num_sms(x.get_device());
@@ -401,7 +420,8 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const std
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                                             const at::Tensor& weight, int64_t stride_t) {
+                                                             const at::Tensor& weight, int64_t stride_t,
+                                                             const std::optional<at::Tensor>& weight_cols) {
   check_args(x, weight, stride_t);
   const ConvGeom c = make_geom(x, weight, stride_t);
   check_input(grad_out, OP, "grad_out", 5);
@@ -414,7 +434,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(const at::Tensor& g
   at::Tensor dx = at::empty_like(x);
   at::Tensor dxp = at::empty({c.G, c.T + 1, c.H + 2, c.W + 2, c.Cin}, x.options().dtype(at::kFloat));
   at::Tensor dwr = at::empty({c.Cout, Kc}, weight.options());
-  const at::Tensor wd = weight.permute({1, 2, 3, 4, 0}).reshape({c.Cin, 27 * c.Cout}).contiguous();
+  const at::Tensor wd = laid_out(weight, weight_cols, true);
   VXLP_DISPATCH_FLOAT_HALF_BF16(x.scalar_type(), "cuda_temporal_merge_conv3d_backward", [&] {
     using T = dev_t<scalar_t>;
     {

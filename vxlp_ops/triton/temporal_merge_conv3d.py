@@ -2,7 +2,8 @@
 
 Forward (``_conv_fwd``): implicit GEMM, M = G·T_out·H·W output rows, N = Cout, K = 27·Cin; the replicate
 padding is fused into the loads by clamping the source coordinates (no padded copy). The weight is used as
-[27, Cin, Cout] (a host-side permute of the small weight tensor).
+[27, Cin, Cout] (and [27, Cout, Cin] for the input gradient), laid out on the host once per weight state
+(``vxlp_ops._layout_cache``: re-laid only after an in-place update of the weight).
 
 Backward:
 - ``_conv_dx``: transposed implicit GEMM computed per *source* element (no atomics, deterministic). Per dim,
@@ -22,6 +23,7 @@ import triton
 import triton.language as tl
 
 from vxlp_ops import dispatch
+from vxlp_ops._layout_cache import conv_weight
 
 from . import _common as C
 from . import _shared as SH
@@ -183,7 +185,7 @@ def forward(x, weight, bias=None, stride_t=2):
     cout = weight.shape[0]
     stride_t = int(stride_t)
     t_out = out_frames(t, stride_t)
-    wt = weight.permute(2, 3, 4, 1, 0).reshape(27, cin, cout).contiguous()  # [tap, Cin, Cout]
+    wt = conv_weight(weight, "taps_in_out")  # [tap, Cin, Cout], laid out once per weight state
     out = torch.empty((g, t_out, h, w, cout), dtype=x.dtype, device=x.device)
     m = g * t_out * h * w
     cfg = _config(C.on_gpu(x))
@@ -206,7 +208,7 @@ def backward(grad_out, x, weight, stride_t=2):
     cfg = _config(gpu)
     dargs = C.dot_args(x.dtype)
     # dx
-    wt2 = weight.permute(2, 3, 4, 0, 1).reshape(27, cout, cin).contiguous()  # [tap, Cout, Cin]
+    wt2 = conv_weight(weight, "taps_out_in")  # [tap, Cout, Cin], laid out once per weight state
     dx = torch.empty_like(x)
     m_src = g * t * h * w
     _conv_dx[(C.cdiv(m_src, cfg["BM"]), C.cdiv(cin, cfg["BN"]))](

@@ -177,6 +177,22 @@ def check_conv(ref):
             rg = ref.temporal_merge_conv3d_backward(*d64(go, x, wt), st)
             for nm, a, r in zip(("dx", "dw", "db"), grads, rg):
                 check(f"{tag} {nm}", a, r, dt)
+            # the weight laid out by the caller (vxlp_ops._layout_cache) gives the same bits
+            from vxlp_ops._layout_cache import CONV_LAYOUTS
+
+            same = torch.equal(ops.cuda_temporal_merge_conv3d(x, wt, b, st, CONV_LAYOUTS["rows"](wt)), out) and all(
+                torch.equal(a, r)
+                for a, r in zip(ops.cuda_temporal_merge_conv3d_backward(go, x, wt, st, CONV_LAYOUTS["cols"](wt)), grads)
+            )
+            print(f"  {'ok  ' if same else 'FAIL'} {tag} pre-laid weight: same results")
+            if not same:
+                FAILS.append(tag + " pre-laid weight")
+    try:
+        ops.cuda_temporal_merge_conv3d(x, wt, b, st, CONV_LAYOUTS["cols"](wt))  # Cin ≠ Cout: wrong layout
+        FAILS.append("conv3d wrong weight_rows accepted")
+        print("  FAIL conv3d: a wrongly laid-out weight_rows was accepted")
+    except RuntimeError as e:
+        print(f"  ok   conv3d: a wrongly laid-out weight_rows is refused ({str(e).splitlines()[0][:70]})")
 
 
 def check_sgm(ref):
@@ -254,6 +270,7 @@ def check_meta(ref):
         ("cuda_temporal_attention", (q, q, q, rk, rk, False)),
         ("cuda_temporal_attention_backward", (q, q, q, q, rk, rk, True)),
         ("cuda_temporal_merge_conv3d", (x5, w5, None, 2)),
+        ("cuda_temporal_merge_conv3d", (x5, w5, None, 2, w5.permute(0, 2, 3, 4, 1).reshape(8, -1).contiguous())),
         ("cuda_temporal_merge_conv3d_backward", (rnd(1, 2, 3, 3, 8, dtype=bf), x5, w5, 2)),
         ("cuda_sgm_scores", (x4, tq, tq)),
         ("cuda_sgm_scores_backward", (torch.randn(2, 3, 6), x4, tq, tq)),
