@@ -1,7 +1,10 @@
 """frame_attention (OPS.md op 1): the DTS spatial attention, one head of D = 1152 over each frame's S = 576 tokens.
 
 Real: q, k, v ``[G·4 = 256, 576, 1152]`` (SPEC §2). Compute-bound: % of the measured bf16 matmul ceiling.
-Baseline: ``F.scaled_dot_product_attention`` on ``[B, 1, S, D]`` (whatever kernel it picks for D = 1152).
+Baselines: ``F.scaled_dot_product_attention`` on ``[B, 1, S, D]`` (whatever kernel it picks for D = 1152);
+``xformers``: xformers' memory-efficient attention (``xformers.ops.memory_efficient_attention`` with its CUTLASS
+kernels, which take D = 1152; the kernels of vxlp's optional ``xformers`` backend) on ``[B, S, 1, D]`` views —
+skipped, with the reason, where xformers is not installed or its ``not_supported_reasons`` refuse the inputs.
 """
 
 import pytest
@@ -21,6 +24,24 @@ def _sdpa(q, k, v):
     return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
 
 
+def _xformers_fn(q, k, v):
+    import xformers.ops as xops
+
+    op = xops.MemoryEfficientAttentionCutlassOp
+    return xops.memory_efficient_attention(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), op=op).squeeze(2)
+
+
+def xformers_reasons(inputs: dict) -> list[str]:
+    """Why the xformers row cannot run these inputs: not installed / not importable, or the reasons of the
+    vxlp ``xformers`` backend (CUDA tensors, then xformers' own ``not_supported_reasons`` of its forward and
+    backward kernels)."""
+    from vxlp_ops import _xformers
+
+    if not _xformers.installed():
+        return ["xformers is not installed (optional: pip install xformers)"]
+    return _xformers.reasons(inputs["q"], inputs["k"], inputs["v"], None)
+
+
 def make_case(direction: str) -> B.Case:
     b, s, d = _dims()
     bwd = direction == "fwd+bwd"
@@ -31,6 +52,12 @@ def make_case(direction: str) -> B.Case:
             t["grad_out"] = B.randn(gen, b, s, d)
         return t
 
+    def xformers_prepare(inputs: dict) -> dict:  # outside the timed region: skip with xformers' reasons
+        why = xformers_reasons(inputs)
+        if why:
+            B._skip("xformers", case, "; ".join(why))
+        return inputs
+
     e = B.esize()
     # FLOP: S = q kᵀ (2·B·S²·D) and out = P v (2·B·S²·D): 4·B·S²·D; softmax's O(B·S²) left out.
     # fwd+bwd adds the four backward products dV = Pᵀ dO, dP = dO vᵀ, dQ = dS k, dK = dSᵀ q (8·B·S²·D):
@@ -38,7 +65,7 @@ def make_case(direction: str) -> B.Case:
     flop = 4 * b * s * s * d * (3 if bwd else 1)
     # bytes: fwd reads q, k, v and writes out: 4·B·S·D·e; fwd+bwd also reads dO, writes dq, dk, dv: 8·B·S·D·e.
     nbytes = (8 if bwd else 4) * b * s * d * e
-    return B.Case(
+    case = B.Case(
         op="frame_attention",
         name=f"B{b}xS{s}xD{d}",
         direction=direction,
@@ -51,12 +78,13 @@ def make_case(direction: str) -> B.Case:
         bytes=nbytes,
         bound="compute",
         grad_inputs=("q", "k", "v") if bwd else (),
-        baselines={"sdpa": B.Baseline(fn=_sdpa)},
+        baselines={"sdpa": B.Baseline(fn=_sdpa), "xformers": B.Baseline(fn=_xformers_fn, prepare=xformers_prepare)},
         compile_on_cpu=not bwd,
     )
+    return case
 
 
-@pytest.mark.parametrize("provider", B.provider_params("sdpa"))
+@pytest.mark.parametrize("provider", B.provider_params("sdpa", "xformers"))
 @pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
 def test_frame_attention(benchmark, ceilings, direction, provider):
     B.run_case(benchmark, make_case(direction), provider, ceilings)

@@ -10,8 +10,10 @@ a fake (meta) kernel and, where marked, autograd; all ``torch.compile(fullgraph=
 - :func:`query_topk_gather` — Query-aware Selector scoring + top-k + gather
 
 Backends: ``cuda`` (compiled kernels), ``triton``, ``reference`` (eager PyTorch, any device), chosen per call
-in that order (:mod:`vxlp_ops.dispatch`); ``VXLP_BACKEND`` forces one. ``python -m vxlp_ops.info`` explains
-which backends are usable here and why not. Importing never fails because a backend is missing.
+in that order (:mod:`vxlp_ops.dispatch`; per-op orders: ``dispatch.set_priority`` or the measured
+``dispatch.tune``); ``VXLP_BACKEND`` forces one. Optional: ``xformers`` for ``frame_attention`` where installed,
+never chosen unless an op's order puts it first. ``python -m vxlp_ops.info`` explains which backends are usable
+here and why not. Importing never fails because a backend is missing.
 """
 
 from . import _ext, dispatch

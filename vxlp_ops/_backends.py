@@ -1,4 +1,4 @@
-"""Loads the optional backends (Triton, CUDA) and records why one is absent; never raises."""
+"""Loads the optional backends (Triton, CUDA, xformers) and records why one is absent; never raises."""
 
 from __future__ import annotations
 
@@ -40,5 +40,15 @@ def _load_cuda() -> None:
         dispatch.mark_unavailable("cuda", f"vxlp_ops._cuda failed to import: {type(e).__name__}: {e}")
 
 
+def _load_optional() -> None:
+    try:
+        from . import _xformers  # noqa: PLC0415
+
+        _xformers.load()
+    except Exception as e:  # noqa: BLE001
+        dispatch.mark_unavailable("xformers", f"vxlp_ops._xformers failed to load: {type(e).__name__}: {e}")
+
+
 _load_triton()
 _load_cuda()
+_load_optional()

@@ -5,10 +5,16 @@ Each op has up to three backends. A backend is *registered* for an op by the mod
 ``reasons(*args)`` function returning the list of reasons it cannot run those arguments (empty = can run).
 
 Selection, at every call of an op:
-- a forced backend (``VXLP_BACKEND=reference|triton|cuda`` read once at import, or :func:`set_backend` /
-  :func:`use_backend`) is used if it can run the arguments, else :class:`NoBackendError` lists its reasons;
-- otherwise the first of ``cuda, triton, reference`` that can run them. The reference backend runs anything
-  valid, so an automatic choice never fails on valid input.
+- a forced backend (``VXLP_BACKEND=reference|triton|cuda|xformers`` read once at import, or :func:`set_backend`
+  / :func:`use_backend`) is used if it can run the arguments, else :class:`NoBackendError` lists its reasons;
+- otherwise the first backend of the op's order (:func:`priority`) that can run them. The order is ``cuda,
+  triton, reference`` unless configured per op: :func:`set_priority` / :func:`use_priority` by hand, or
+  :func:`tune`, which measures the backends on given (CUDA) arguments and puts the fastest first. The reference
+  backend runs anything valid and stays in every order, so an automatic choice never fails on valid input.
+
+Optional backends (``xformers``: :mod:`vxlp_ops._xformers`) serve some ops when their package is installed; they
+are never in the default order — only a configured order (measured with :func:`tune`, or set by hand) or a forced
+backend selects them.
 
 The dispatcher is generic: it knows no op by name. What an op needs beyond its backends (how its backward's
 arguments map back to the forward arguments that backends are chosen on) is declared by the op's own
@@ -24,7 +30,8 @@ import dataclasses
 import os
 from typing import Callable
 
-PRIORITY = ("cuda", "triton", "reference")
+PRIORITY = ("cuda", "triton", "reference")  # the built-in backends, in the default automatic order
+OPTIONAL_BACKENDS = ("xformers",)  # third-party backends, usable where installed, never chosen by default
 
 
 class NoBackendError(RuntimeError):
@@ -42,29 +49,83 @@ class Impl:
     forward: Callable
     backward: Callable | None = None
     reasons: Callable[..., list[str]] = lambda *args: []
+    probe: Callable[[], list[str]] | None = None  # extra status lines for vxlp_ops.info (no arguments)
 
 
 _IMPLS: dict[str, dict[str, Impl]] = {}
 _UNAVAILABLE: dict[str, str] = {}  # backend -> why it is absent on this machine (set by its loader)
+_OPTIONAL_OPS: dict[str, tuple[str, ...]] = {}  # optional backend -> the ops it can serve (set by its loader)
+_ORDER: dict[str, tuple[str, ...]] = {}  # op -> configured automatic order (set_priority / tune)
 
 
 def _parse_backend(value: str | None) -> str | None:
     if value is None or value.strip() == "" or value.strip().lower() == "auto":
         return None
     v = value.strip().lower()
-    if v not in PRIORITY:
-        raise ValueError(f"VXLP_BACKEND must be one of {', '.join(PRIORITY)} or auto, got {value!r}")
+    if v not in PRIORITY + OPTIONAL_BACKENDS:
+        raise ValueError(
+            f"VXLP_BACKEND must be one of {', '.join(PRIORITY + OPTIONAL_BACKENDS)} or auto, got {value!r}"
+        )
     return v
 
 
 _FORCED: str | None = _parse_backend(os.environ.get("VXLP_BACKEND"))
 
 
-def register(op: str, backend: str, forward: Callable, backward: Callable | None = None, reasons=None) -> None:
+def register(
+    op: str, backend: str, forward: Callable, backward: Callable | None = None, reasons=None, probe=None
+) -> None:
     """Register ``backend``'s implementation of ``op`` (see :class:`Impl`)."""
-    if backend not in PRIORITY:
-        raise ValueError(f"backend must be one of {PRIORITY}, got {backend!r}")
-    _IMPLS.setdefault(op, {})[backend] = Impl(forward, backward, reasons or (lambda *a: []))
+    if backend not in PRIORITY + OPTIONAL_BACKENDS:
+        raise ValueError(f"backend must be one of {PRIORITY + OPTIONAL_BACKENDS}, got {backend!r}")
+    _IMPLS.setdefault(op, {})[backend] = Impl(forward, backward, reasons or (lambda *a: []), probe)
+
+
+def declare_optional(backend: str, ops) -> None:
+    """An optional backend's loader declares the ops it can serve (listed by ``vxlp_ops.info`` even when absent)."""
+    if backend not in OPTIONAL_BACKENDS:
+        raise ValueError(f"optional backend must be one of {OPTIONAL_BACKENDS}, got {backend!r}")
+    _OPTIONAL_OPS[backend] = tuple(ops)
+
+
+def backends_for(op: str) -> tuple[str, ...]:
+    """Every backend that may serve ``op``: the built-in ones, then the optional ones declaring it."""
+    return PRIORITY + tuple(b for b in OPTIONAL_BACKENDS if op in _OPTIONAL_OPS.get(b, ()))
+
+
+def priority(op: str) -> tuple[str, ...]:
+    """The order in which automatic dispatch tries ``op``'s backends (:func:`set_priority`, :func:`tune`)."""
+    return _ORDER.get(op, PRIORITY)
+
+
+def set_priority(op: str, order=None) -> None:
+    """Set the automatic order of ``op``'s backends (``None``: back to ``cuda, triton, reference``).
+
+    ``order`` lists backends of :func:`backends_for` ``(op)``; ``reference`` is appended if missing, so the
+    automatic choice still runs every valid input.
+    """
+    if order is None:
+        _ORDER.pop(op, None)
+        return
+    order = tuple(order)
+    known = backends_for(op)
+    bad = [b for b in order if b not in known]
+    if bad or len(set(order)) != len(order):
+        raise ValueError(f"set_priority({op!r}): order must list distinct backends of {known}, got {order}")
+    if "reference" not in order:
+        order += ("reference",)
+    _ORDER[op] = order
+
+
+@contextlib.contextmanager
+def use_priority(op: str, order):
+    """Context manager form of :func:`set_priority`."""
+    old = _ORDER.get(op)
+    set_priority(op, order)
+    try:
+        yield
+    finally:
+        set_priority(op, old)
 
 
 def mark_unavailable(backend: str, why: str) -> None:
@@ -108,7 +169,7 @@ def use_backend(backend: str | None):
 
 def select(op: str, args: tuple) -> tuple[str, Impl]:
     """Pick the backend for ``op`` on ``args``; raises :class:`NoBackendError` listing every refusal."""
-    candidates = (_FORCED,) if _FORCED is not None else PRIORITY
+    candidates = (_FORCED,) if _FORCED is not None else priority(op)
     refusals = []
     for name in candidates:
         reasons = backend_reasons(op, name, args)
@@ -138,7 +199,7 @@ def call_backward(op: str, args: tuple):
             f"vxlp_ops.{op}: the op's registration declared no backward_forward_args (vxlp_ops._register.register_op)"
         )
     fwd_args = tuple(to_forward(*args))
-    candidates = (_FORCED,) if _FORCED is not None else PRIORITY
+    candidates = (_FORCED,) if _FORCED is not None else priority(op)
     for name in candidates:
         impl = _IMPLS.get(op, {}).get(name)
         if impl is not None and impl.backward is not None and not backend_reasons(op, name, fwd_args):
@@ -156,3 +217,52 @@ def set_backward_forward_args(op: str, fn: Callable[..., tuple]) -> None:
     declares its own through :func:`vxlp_ops._register.register_op`.
     """
     _BACKWARD_FORWARD_ARGS[op] = fn
+
+
+def tune(op: str, args: tuple, *, backends=None, backward: bool = True, warmup: int = 3, repeats: int = 10,
+         apply: bool = True) -> dict[str, float]:
+    """Measure ``op``'s backends on ``args`` and (``apply``) make the fastest ones its first choices.
+
+    Every backend of ``backends`` (default :func:`backends_for` ``(op)``) that can run ``args`` is timed with CUDA
+    events: the public op forced to that backend, plus its backward (gradients of every output w.r.t. every
+    floating-point tensor argument that requires grad) when ``backward``; ``repeats`` timed runs after ``warmup``.
+    Returns ``{backend: median seconds per call}``, fastest first; with ``apply`` the op's order becomes those
+    backends fastest first, then the rest in the default order (:func:`set_priority`).
+
+    Raises:
+        ValueError: ``args`` has no CUDA tensor (the measurement is of GPU kernels).
+    """
+    import torch  # noqa: PLC0415  (dispatch itself is torch-free)
+
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not tensors or tensors[0].device.type != "cuda":
+        raise ValueError(f"tune({op!r}): needs CUDA tensor arguments (it times GPU kernels)")
+    fn = getattr(torch.ops.vxlp_ops, op)
+    grads_wrt = [a for a in tensors if a.is_floating_point() and a.requires_grad] if backward else []
+    times = {}
+    for name in backends or backends_for(op):
+        if backend_reasons(op, name, args):
+            continue
+
+        def run():
+            with use_backend(name):
+                out = fn(*args)
+                if grads_wrt:
+                    outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if o.requires_grad]
+                    torch.autograd.grad(outs, grads_wrt, [torch.ones_like(o) for o in outs], allow_unused=True)
+
+        for _ in range(warmup):
+            run()
+        samples = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        times[name] = sorted(samples)[len(samples) // 2]
+    times = dict(sorted(times.items(), key=lambda kv: kv[1]))
+    if apply and times:
+        set_priority(op, tuple(times) + tuple(b for b in PRIORITY if b not in times))
+    return times
