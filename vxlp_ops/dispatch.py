@@ -229,6 +229,9 @@ def tune(op: str, args: tuple, *, backends=None, backward: bool = True, warmup: 
     Returns ``{backend: median seconds per call}``, fastest first; with ``apply`` the op's order becomes those
     backends fastest first, then the rest in the default order (:func:`set_priority`).
 
+    Forces each backend in turn with :func:`use_backend` (process-wide state): call it from one thread, outside
+    ``torch.compile``d code, e.g. once at start-up with the shapes the model will run.
+
     Raises:
         ValueError: ``args`` has no CUDA tensor (the measurement is of GPU kernels).
     """
