@@ -85,7 +85,6 @@ def test_qc_comp_with_one_segment_equals_global_attention_selection():
     model, proc = make(selector_mode="budget", selector_budget=48, frame_selection="qc_comp", qc_segment_groups=10_000)
     vids = videos(lengths=(40,))
     b = batch(proc, vids)
-    inner = model.model
     out = spliced(model, b)
     kept_groups = sorted(set(out["row_group"][0][out["row_group"][0] >= 0].tolist()))
     # reference: transformers' eager attention weights over [prefix; all groups; question] at positions 0…

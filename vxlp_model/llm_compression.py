@@ -423,6 +423,19 @@ def assemble_cache(prefills: list[CompressedPrefill]) -> tuple[CompressedCache, 
 
 
 # ---------------------------------------------------------------------- QC-Comp
+def rotated_query_key(module, hidden: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, torch.Tensor]:
+    """An attention module's queries ``[B, H, L, D]`` and keys (repeated to ``H`` heads) with their rotary
+    embedding, recomputed from its input ``hidden`` ``[B, L, d]`` — for reading attention weights from a forward
+    pre-hook under any attention implementation."""
+    cos, sin = position_embeddings
+    b, length, _ = hidden.shape
+    hd = module.head_dim
+    q = module.q_proj(hidden).view(b, length, -1, hd).transpose(1, 2)
+    k = module.k_proj(hidden).view(b, length, -1, hd).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k.repeat_interleave(module.num_key_value_groups, dim=1)
+
+
 def _question_attention(language_model, embeds: torch.Tensor, query_rows: torch.Tensor, key_rows: torch.Tensor) -> torch.Tensor:
     """Mean over layers and heads of the softmax attention that rows ``query_rows`` pay to rows ``key_rows`` in a
     causal forward of ``embeds`` ``[1, L, d]`` at positions ``0 … L−1``: ``[len(key_rows)]`` (summed over queries'
@@ -431,14 +444,9 @@ def _question_attention(language_model, embeds: torch.Tensor, query_rows: torch.
 
     def hook(module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        cos, sin = kwargs["position_embeddings"]
         with torch.no_grad():
-            b, length, _ = hidden.shape
-            hd = module.head_dim
-            q = module.q_proj(hidden).view(b, length, -1, hd).transpose(1, 2)
-            k = module.k_proj(hidden).view(b, length, -1, hd).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k = k.repeat_interleave(module.num_key_value_groups, dim=1)
+            length = hidden.shape[1]
+            q, k = rotated_query_key(module, hidden, kwargs["position_embeddings"])
             w = torch.matmul(q[0][:, query_rows].float(), k[0].float().transpose(-1, -2)) * module.scaling
             allowed = torch.arange(length, device=hidden.device)[None, :] <= query_rows[:, None]
             prob = torch.softmax(w.masked_fill(~allowed[None], float("-inf")), dim=-1)

@@ -34,18 +34,17 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
-from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from .config import VideoXLProConfig, validate_selector_args
 from .dts import DTSEncoder, ReCoTDecoder, RelativePosition, SemanticGuidedMasking, frames_to_groups
 from .processing import ANSWER, IGNORE_INDEX, QUERY, TIME, VIDEO
 from .llm_compression import (
-    CompressedQwen2Attention,
     assemble_cache,
     choose_groups,
     install_compressed_attention,
     lp_comp_prefill,
     qc_comp_scores,
+    rotated_query_key,
     vst_prefill,
 )
 from .selector import QueryAwareSelector, Selection, block_layout, keep_all
@@ -939,14 +938,9 @@ def _register_relevance_hooks(language_model, labels, attention_mask, selection,
 
     def hook(module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        cos, sin = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
         with torch.no_grad():
-            bsz, length, _ = hidden.shape
-            hd = module.head_dim
-            q = module.q_proj(hidden).view(bsz, length, -1, hd).transpose(1, 2)
-            k = module.k_proj(hidden).view(bsz, length, -1, hd).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k = k.repeat_interleave(module.num_key_value_groups, dim=1)
+            length = hidden.shape[1]
+            q, k = rotated_query_key(module, hidden, kwargs.get("position_embeddings", args[1] if len(args) > 1 else None))
             for b, r in enumerate(rows):
                 if r is None:
                     continue
