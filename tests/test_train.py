@@ -112,3 +112,33 @@ def test_llava_json_first_turn_view(tmp_path):
         load_llava_json(str(bad))
     with pytest.raises(FileNotFoundError):
         load_llava_json(str(tmp_path / "missing.json"))
+
+
+def test_qa_stage_selector_warmup_and_budget_range(tiny):
+    """``selector_off_steps``: the first steps run with the selector off; ``selector_budget_range``: a budget per
+    step, a multiple of 16 within the range; bad values are refused."""
+    tok, cfg, proc = tiny
+    torch.manual_seed(0)
+    model = VideoXLProForConditionalGeneration(cfg)
+    g = torch.Generator().manual_seed(0)
+    calls = []
+    orig = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("selector_mode"), kwargs.get("selector_budget")))
+        return orig(*args, **kwargs)
+
+    model.forward = spy
+
+    def sample_fn(gen):
+        return torch.randint(0, 256, (8, 32, 32, 3), generator=g, dtype=torch.uint8), torch.arange(8.0), "red?", "red"
+
+    train_qa(model, proc, sample_fn, 12, batch_size=1, lr=1e-3, progress=False, selector_mode="budget",
+             selector_budget_range=(20, 64), selector_off_steps=3)
+    assert [m for m, _ in calls[:3]] == ["off"] * 3 and all(m == "budget" for m, _ in calls[3:])
+    budgets = {b for _, b in calls}
+    assert budgets <= {32, 48, 64} and len(budgets) > 1
+    with pytest.raises(ValueError, match="selector_budget_range"):
+        train_qa(model, proc, sample_fn, 1, progress=False, selector_budget_range=(8, 64))
+    with pytest.raises(ValueError, match="selector_off_steps"):
+        train_qa(model, proc, sample_fn, 1, progress=False, selector_off_steps=-1)

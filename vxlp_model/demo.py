@@ -191,6 +191,8 @@ def run_demo(
     dts_grid: int = 6,
     selector_budget: int = 64,
     selector_distill_weight: float = 0.5,
+    train_budget_range: tuple[int, int] | None = None,
+    selector_warmup_steps: int = 0,
     two_needle_fraction: float = 0.3,
     progress: bool = True,
     save_model: bool = True,
@@ -237,6 +239,7 @@ def run_demo(
     qa_hist = train_qa(
         model, processor, sample_fn, qa_steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
         freeze_vision=freeze_vision, selector_mode="budget", selector_distill_weight=selector_distill_weight,
+        selector_budget_range=train_budget_range, selector_off_steps=selector_warmup_steps,
     )
     t_eval = time.time()
     model.eval()
@@ -277,7 +280,10 @@ def run_demo(
         "time_text": processor.time_format,
         "time_tokens_per_group": len(processor.time_ids(0.0)),
         "frames_per_group": config.frames_per_group,
-        "selector": {"mode": "budget (training and evaluation)", "budget_tokens": selector_budget, "distill_weight": selector_distill_weight},
+        "selector": {
+            "mode": "budget (training and evaluation)", "budget_tokens": selector_budget, "distill_weight": selector_distill_weight,
+            "train_budget_range": list(train_budget_range) if train_budget_range else None, "warmup_steps_off": selector_warmup_steps,
+        },
         "steps": {"recot": recot_steps, "qa": qa_steps, "batch_size": batch_size, "lr": lr},
         "final_loss": {"recot": recot_hist[-1]["recon_loss"], "qa": float(np.mean([h["lm_loss"] for h in qa_hist[-20:]]))},
         # the QA stage's answer loss, mean over each 100 steps (and the distillation loss, when distilling)

@@ -88,6 +88,8 @@ def train_qa(
     selector_mode: str = "ratio",
     keep_ratio_range: tuple[float, float] = (0.70, 0.95),
     selector_budget: int | None = None,
+    selector_budget_range: tuple[int, int] | None = None,
+    selector_off_steps: int = 0,
     selector_distill_weight: float = 0.0,
     selector_distill_temperature: float = 10.0,
     progress: bool = True,
@@ -104,6 +106,10 @@ def train_qa(
         selector_mode: the selector mode while training (``ratio``: SPEC §4's training mode, a keep ratio drawn per
             step in ``keep_ratio_range`` by this function's generator; ``budget`` with ``selector_budget``; ``off``).
             Passed per call: the model's configuration is never changed.
+        selector_budget_range: budget mode: a budget drawn per step, uniformly among the multiples of 16 in
+            ``[low, high]`` (instead of ``selector_budget``): a tight budget makes the selector choose even on short
+            training videos. selector_off_steps: the first steps run with the selector off (every visual token
+            reaches the LLM), so the LLM learns the task before the selector decides what it sees.
         selector_distill_weight, selector_distill_temperature: weight and temperature of the selector's relevance
             distillation (our design; 0 = the released training), see
             :meth:`VideoXLProForConditionalGeneration.forward`.
@@ -112,6 +118,10 @@ def train_qa(
 
     Returns: the per-step history (``loss`` — the optimised total —, ``lm_loss``, and ``distill`` when distilling).
     """
+    if selector_budget_range is not None and not 16 <= selector_budget_range[0] <= selector_budget_range[1]:
+        raise ValueError(f"selector_budget_range must satisfy 16 <= low <= high, got {selector_budget_range}")
+    if selector_off_steps < 0:
+        raise ValueError(f"selector_off_steps must be >= 0, got {selector_off_steps}")
     gen = torch.Generator().manual_seed(seed)
     inner = model.model
     for p in inner.vision_tower.parameters():
@@ -132,11 +142,14 @@ def train_qa(
             videos.append(frames)
             stamps.append(ts)
         batch = processor(text=prompts, videos=videos, video_timestamps=stamps, return_labels=True, padding_side="right").to(device)
-        call = {"selector_mode": selector_mode}
+        call = {"selector_mode": selector_mode if step >= selector_off_steps else "off"}
         if selector_mode == "ratio":
             call["selector_keep_ratio"] = draw_keep_ratio(gen, *keep_ratio_range)
         if selector_budget is not None:
             call["selector_budget"] = selector_budget
+        if selector_budget_range is not None:
+            lo, hi = (-(-selector_budget_range[0] // 16)), selector_budget_range[1] // 16
+            call["selector_budget"] = 16 * int(torch.randint(lo, hi + 1, (), generator=gen))
         if selector_distill_weight > 0:
             call["selector_distill_temperature"] = selector_distill_temperature
         if getattr(model.config, "llm_compression", "none") == "vst":
