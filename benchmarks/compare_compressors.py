@@ -78,7 +78,7 @@ def kv_bytes(cache) -> tuple[int, list[int]]:
 
 
 @torch.no_grad()
-def evaluate(model, processor, haystack, token_cache, lengths, samples, seed, frame_selection, max_positions) -> dict:
+def evaluate(model, processor, haystack, token_cache, lengths, samples, seed, frame_selection, max_positions, variant="single") -> dict:
     model.eval()
     model.config.frame_selection = frame_selection  # read afresh by every call
     gen = torch.Generator().manual_seed(seed)
@@ -88,7 +88,7 @@ def evaluate(model, processor, haystack, token_cache, lengths, samples, seed, fr
         skipped = False
         for depth in DEPTHS:
             for _ in range(samples):
-                s = make_needle_sample(haystack, length, depth, gen)
+                s = make_needle_sample(haystack, length, depth, gen, variant=variant)
                 prompt = processor.apply_chat_template(conversation(s.question), add_generation_prompt=True)
                 batch = processor(text=[prompt], videos=[s.frames], video_timestamps=[s.timestamps], return_pixel_values=False)
                 batch["video_embeds"] = torch.cat(token_cache.encode([s]))
@@ -151,20 +151,27 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    two = result.get("rows_two_needles")
+    fig, axes = plt.subplots(1, 3 if two else 2, figsize=(18 if two else 12, 4.5))
+    ax1, ax2 = axes[0], axes[-1]
     for name, cells in result["rows"].items():
         xs = [int(n) for n, c in cells.items() if "accuracy" in c]
-        ys = [cells[str(n)]["accuracy"] if str(n) in cells else cells[n]["accuracy"] for n in xs]
+        ys = [cells[str(n)]["accuracy"] for n in xs]
         style = "-" if "+" not in name else "--"
         ax1.plot(xs, ys, style, marker="o", label=name)
-        kv = [cells[str(n)]["visual_kv_bytes_per_frame"] if str(n) in cells else cells[n]["visual_kv_bytes_per_frame"] for n in xs]
+        kv = [cells[str(n)]["visual_kv_bytes_per_frame"] for n in xs]
         ax2.plot(xs, kv, style, marker="o", label=name)
-    ax1.set_xscale("log", base=2)
-    ax1.set_ylim(0, 1.02)
-    ax1.axhline(0.25, color="grey", lw=0.8, ls=":")
-    ax1.set_xlabel("haystack frames (trained on ≤ 8)")
-    ax1.set_ylabel("needle accuracy")
-    ax1.set_title("accuracy (chance 0.25)")
+        if two:
+            xt = [int(n) for n, c in two[name].items() if "accuracy" in c]
+            axes[1].plot(xt, [two[name][str(n)]["accuracy"] for n in xt], style, marker="o", label=name)
+    titles = [(ax1, "one needle (chance 0.25)")] + ([(axes[1], "two needles, the question names the shape")] if two else [])
+    for ax, title in titles:
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.02)
+        ax.axhline(0.25, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("haystack frames (trained on ≤ 8)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(title)
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
     ax2.set_xlabel("haystack frames")
@@ -189,11 +196,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--samples", type=int, default=8, help="questions per (length, depth) cell")
     ap.add_argument("--vst-ratio", type=int, default=8)
     ap.add_argument("--vst-window-groups", type=int, default=1)
+    ap.add_argument("--two-needles", action="store_true", help="also the query-dependent two-needle task")
+    ap.add_argument("--save-models", default=None, help="folder to save the base, VST and LP-Comp models in")
     ap.add_argument("--quick", action="store_true", help="a few steps and questions: checks that everything runs")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
         a.recot_steps, a.qa_steps, a.ft_steps, a.samples, a.lengths = 2, 3, 2, 1, [8, 32]
+        a.two_needles = True
     progress = not a.no_progress
     t0 = time.time()
     seed_everything(a.seed)
@@ -223,7 +233,12 @@ def main(argv=None) -> dict:
                  freeze_vision=True, selector_mode="budget", desc=f"QA ({kind})")
         models[kind] = m
         train_time[kind] = time.time() - t1
-    rows = {}
+    if a.save_models:
+        from vxlp_model.train.checkpoint import save_checkpoint
+
+        for comp, m in models.items():
+            save_checkpoint(m, os.path.join(a.save_models, comp), processor=processor)
+    rows, rows_two = {}, {}
     max_pos = config.text_config.max_position_embeddings
     caches = {comp: HaystackTokenCache(m.eval(), vp, haystack) for comp, m in models.items()}
     for name, comp, sel in ROWS:
@@ -233,13 +248,19 @@ def main(argv=None) -> dict:
         print(f"{name:>20}: " + "  ".join(
             f"{n}: {c['accuracy']:.2f}" if "accuracy" in c else f"{n}: —" for n, c in rows[name].items()
         ) + f"   ({time.time() - t1:.0f} s)", flush=True)
+        if a.two_needles:
+            rows_two[name] = evaluate(model, processor, haystack, cache, a.lengths, a.samples, a.seed + 2000, sel, max_pos, variant="two")
+            print(f"{'(two needles)':>20}: " + "  ".join(
+                f"{n}: {c['accuracy']:.2f}" if "accuracy" in c else f"{n}: —" for n, c in rows_two[name].items()
+            ), flush=True)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     except OSError:
         commit = None
     result = {
         "rows": {k: {str(n): c for n, c in v.items()} for k, v in rows.items()},
-        "task": "demo needle task, single needle, 5 depths, options A-D (chance 0.25), haystacks at 1 fps",
+        "rows_two_needles": {k: {str(n): c for n, c in v.items()} for k, v in rows_two.items()} or None,
+        "task": "demo needle task, 5 depths, options A-D (chance 0.25), haystacks at 1 fps; rows: one needle; rows_two_needles: two needles of different shapes and colours, the question names the shape",
         "lengths": a.lengths,
         "questions_per_cell": a.samples,
         "training": {

@@ -417,9 +417,10 @@ def test_compare_compressors_quick_run(tmp_path):
     res = mod.main(["--quick", "--no-progress", "--out", str(tmp_path / "c")])
     assert (tmp_path / "c.png").stat().st_size > 0
     assert set(res["rows"]) == {name for name, _, _ in mod.ROWS}
-    for cells in res["rows"].values():
+    for cells in [*res["rows"].values(), *res["rows_two_needles"].values()]:
         for c in cells.values():
             assert 0.0 <= c["accuracy"] <= 1.0 and c["visual_kv_bytes_per_frame"] > 0
+    assert set(res["rows_two_needles"]) == set(res["rows"])
 
 
 def test_plain_checkpoint_loads_as_vst_with_copied_projections(tmp_path):
