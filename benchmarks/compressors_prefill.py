@@ -84,7 +84,7 @@ def peak_bytes(device) -> int:
 @torch.no_grad()
 def measure(model, processor, frames: int, frame_selection: str, repeats: int, device) -> dict:
     from vxlp_model import conversation
-    from vxlp_model.llm_compression import CompressedCache
+    from vxlp_model.llm_compression import visual_kv_bytes
 
     cfg = model.config
     model.config.frame_selection = frame_selection
@@ -106,15 +106,7 @@ def measure(model, processor, frames: int, frame_selection: str, repeats: int, d
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    cache = out.cache
-    layer0 = cache.layers[0]
-    per_row = 2 * layer0.keys.shape[1] * layer0.keys.shape[3] * layer0.keys.element_size()
-    rows = [int(m[0].sum()) for m in cache.valid] if isinstance(cache, CompressedCache) else [int(l.keys.shape[2]) for l in cache.layers]
-    types = batch["token_type_ids"][0]
-    from vxlp_model.processing import TIME, VIDEO
-
-    text_rows = int(((types != VIDEO) & (types != TIME)).sum())
-    visual = (sum(rows) - text_rows * len(rows)) * per_row
+    visual, rows = visual_kv_bytes(out.cache, batch["token_type_ids"][0])
     return {
         "frames": frames,
         "prefill_s": statistics.median(times),

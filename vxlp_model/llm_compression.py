@@ -182,6 +182,26 @@ class CompressedCache(DynamicCache):
         return total
 
 
+def visual_kv_bytes(cache, token_type_ids: torch.Tensor, sample: int = 0) -> tuple[int, list[int]]:
+    """Bytes of the keys and values a prefill's cache keeps for the video of one sample, and its rows per layer.
+
+    ``cache``: a ``DynamicCache`` or :class:`CompressedCache` after the prompt; ``token_type_ids`` ``[L]``: that
+    sample's prompt types (:mod:`vxlp_model.processing`). The text rows (everything outside video blocks: neither
+    time text nor placeholder) are kept whole at every layer by every compressor; the rest of the cache is the
+    video's.
+    """
+    from .processing import TIME, VIDEO
+
+    if isinstance(cache, CompressedCache):
+        rows = [int(m[sample].sum()) for m in cache.valid]
+    else:
+        rows = [int(layer.keys.shape[2]) for layer in cache.layers]
+    keys = cache.layers[0].keys
+    row_bytes = 2 * keys.shape[1] * keys.shape[3] * keys.element_size()
+    text_rows = int(((token_type_ids != VIDEO) & (token_type_ids != TIME)).sum())
+    return (sum(rows) - text_rows * len(rows)) * row_bytes, rows
+
+
 class _PreRoPEMemory:
     """VST's memory: per layer, keys before RoPE and values of the tokens kept so far (prefix text, summaries)."""
 

@@ -39,6 +39,7 @@ from .config import VideoXLProConfig, validate_selector_args
 from .dts import DTSEncoder, ReCoTDecoder, RelativePosition, SemanticGuidedMasking, frames_to_groups
 from .processing import ANSWER, IGNORE_INDEX, QUERY, TIME, VIDEO
 from .llm_compression import (
+    VST_RATIOS,
     assemble_cache,
     choose_groups,
     install_compressed_attention,
@@ -499,8 +500,8 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
         """The LLM with VST or LP-Comp over each sample of a spliced batch (see :meth:`forward`)."""
         cfg = self.config
         ratio = cfg.vst_ratio if vst_ratio is None else vst_ratio
-        if cfg.llm_compression == "vst" and ratio not in (1, 2, 4, 8, 16):
-            raise ValueError(f"vst_ratio must be one of (1, 2, 4, 8, 16), got {ratio!r}")
+        if cfg.llm_compression == "vst" and ratio not in VST_RATIOS:
+            raise ValueError(f"vst_ratio must be one of {VST_RATIOS}, got {ratio!r}")
         embeds, mask, positions = spliced["inputs_embeds"], spliced["attention_mask"], spliced["position_ids"]
         hidden = torch.zeros_like(embeds)
         prefills = []
