@@ -220,6 +220,17 @@ def _cases(op: str, dtype: torch.dtype):
         idx = torch.arange(8).expand(2, 8).contiguous()
         yield f"query_topk_gather fwd {dn}", QT, lambda: QT.forward(vis, qry, 8, True)
         yield f"query_topk_gather bwd {dn}", QT, lambda: QT.backward(t(2, 8, 1152), torch.randn(2, 64), vis, qry, idx, True)
+    elif op == "dts_block":
+        import vxlp_ops.triton.dts_block as DB
+
+        # real width and group count (C = 1152, 32 groups of 36 channels), a small token grid
+        c = 1152
+        x = t(1, 4, 3, 3, c)
+        nw, nb, pb = t(c), t(c), t(c)
+        qw, qb, pw, rk = t(3 * c, c), t(3 * c), t(c, c), t(9, c)
+        yield f"dts_block spatial {dn}", DB, lambda: DB.spatial_forward(x, nw, nb, qw, qb, pw, pb, 32, 1e-6)
+        yield f"dts_block temporal {dn}", DB, lambda: DB.temporal_forward(x, nw, nb, qw, qb, rk, rk, pw, pb, 32,
+                                                                          1e-6, True)
     else:
         raise ValueError(f"no compile cases for {op}")
 

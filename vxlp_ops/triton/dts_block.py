@@ -25,9 +25,10 @@ normalised tile can be formed, so they are one extra read of x rather than a GEM
 
 GEMM operands reach ``tl.dot`` in the input dtype (bf16 / fp16 on the tensor cores, float32 with
 ``input_precision="ieee"``; ``_shared.mma``), float32 accumulator. Grouped program order (GROUP_M row tiles
-share the column sweep) keeps the weight tiles in L2. GPU configuration: BM = BN = 128, BK = 32, 8 warps,
+share the column sweep) keeps the weight tiles in L2. GPU configuration: BM = 128, BN = 64, BK = 32, 8 warps,
 3 stages, chosen from ptxas's register / spill report for sm_80 (``scripts/check_triton_compile.py``), not
-timed on a GPU.
+timed on a GPU: bf16, the normalising GEMM 238 registers and the plain one 193, no spills; 128 × 128 tiles spill
+(104 – 316 bytes), BK = 64 spills in the normalising GEMM (its per-element mean / rstd gathers).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def _dts_gemm(A, W, BIAS, RES, OUT, MEAN, RSTD, GAMMA, BETA, M, K, N, N_OUT, T, 
             stat = (offs_m // (T * S)) * S + offs_m % S
         else:
             stat = offs_m // (T * S)
-        stat = stat.to(tl.int64) * NG
+        stat = stat * NG  # int32: the host checks (statistics rows)·NG < 2³¹
     acc = tl.zeros([BM, BN], tl.float32)
     for k0 in range(0, K, BK):
         kk = k0 + offs_k
@@ -148,17 +149,18 @@ def _dts_gemm(A, W, BIAS, RES, OUT, MEAN, RSTD, GAMMA, BETA, M, K, N, N_OUT, T, 
         o_rows = _position_major(offs_m, T, S).to(tl.int64)
     else:
         o_rows = offs_m.to(tl.int64)
-    j = offs_n // N_OUT
-    o_off = (j.to(tl.int64) * M * N_OUT + offs_n % N_OUT)[None, :] + o_rows[:, None] * N_OUT
+    # column n of output j = n // N_OUT (a BN block never straddles two outputs when BN divides N_OUT, but it
+    # may when it does not, so the offset is per column)
+    col = (offs_n // N_OUT).to(tl.int64) * M * N_OUT + offs_n % N_OUT
     om = mm[:, None] & mn[None, :]
     if HAS_RES:
-        acc += tl.load(RES + o_off, mask=om, other=0.0).to(tl.float32)
-    tl.store(OUT + o_off, acc.to(OUT.dtype.element_ty), mask=om)
+        acc += tl.load(RES + o_rows[:, None] * N_OUT + col[None, :], mask=om, other=0.0).to(tl.float32)
+    tl.store(OUT + o_rows[:, None] * N_OUT + col[None, :], acc.to(OUT.dtype.element_ty), mask=om)
 
 
 def _gemm_config(gpu: bool) -> dict:
     if gpu:
-        return dict(BM=128, BN=128, BK=32, GROUP_M=8, num_warps=8, num_stages=3)
+        return dict(BM=128, BN=64, BK=32, GROUP_M=8, num_warps=8, num_stages=3)
     return dict(BM=32, BN=32, BK=32, GROUP_M=2)
 
 
@@ -167,6 +169,8 @@ def _gemm(a, w, bias, out, *, m, t, s, res=None, stats=None, gamma=None, beta=No
     """Launch :func:`_dts_gemm` (see there); ``stats = (mean, rstd)`` turns the GroupNorm prologue on."""
     n, k = w.shape
     n_out = out.shape[-1]
+    if stats is not None and stats[0].numel() >= 2**31:
+        raise ValueError(f"too many GroupNorm statistics rows for int32 indexing: {stats[0].numel()}")
     cfg = _gemm_config(C.on_gpu(a))
     mean, rstd = stats if stats is not None else (bias, bias)
     grid = (C.cdiv(m, cfg["BM"]) * C.cdiv(n, cfg["BN"]),)
