@@ -25,10 +25,10 @@ normalised tile can be formed, so they are one extra read of x rather than a GEM
 
 GEMM operands reach ``tl.dot`` in the input dtype (bf16 / fp16 on the tensor cores, float32 with
 ``input_precision="ieee"``; ``_shared.mma``), float32 accumulator. Grouped program order (GROUP_M row tiles
-share the column sweep) keeps the weight tiles in L2. GPU configuration: BM = 128, BN = 64, BK = 32, 8 warps,
-3 stages, chosen from ptxas's register / spill report for sm_80 (``scripts/check_triton_compile.py``), not
-timed on a GPU: bf16, the normalising GEMM 238 registers and the plain one 193, no spills; 128 × 128 tiles spill
-(104 – 316 bytes), BK = 64 spills in the normalising GEMM (its per-element mean / rstd gathers).
+share the column sweep) keeps the weight tiles in L2. GPU configuration (:func:`_gemm_config`): 128 × 128
+tiles, 8 warps, 3 stages, BK = 32 (normalising) / 64 (plain), chosen from ptxas's register / spill report for
+sm_80 with the launch's divisibility specialisation (``scripts/check_triton_compile.py``), not timed on a GPU:
+bf16, 154–160 and 178 registers, no spills, every operand load pipelined (``cp.async``).
 """
 
 from __future__ import annotations
@@ -46,13 +46,16 @@ from . import _shared as SH
 @triton.jit
 def _gn_stats(X, MEAN, RSTD, R, n_inner, stride_outer, stride_inner, row_stride, CG, NG, eps,
               BR: tl.constexpr, GB: tl.constexpr, BC: tl.constexpr):
-    """GroupNorm statistics of statistics row ``o`` (program 0) for groups ``[GB·p1, GB·p1 + GB)``.
+    """GroupNorm statistics of statistics row ``o = pid // n_gb`` for groups ``[GB·b, GB·b + GB)``,
+    ``b = pid % n_gb`` (n_gb = cdiv(NG, GB)): the programs of one row's groups are launched together and share
+    the cache lines of its elements.
 
     The elements of (o, group) are ``X[base(o) + r·row_stride + group·CG + c]`` for r < R, c < CG, with
     ``base(o) = (o // n_inner)·stride_outer + (o % n_inner)·stride_inner``. Writes float32 ``MEAN[o, group]``
     and ``RSTD[o, group] = 1/sqrt(var + eps)`` (biased variance)."""
-    o = tl.program_id(0)
-    grp = tl.program_id(1) * GB + tl.arange(0, GB)
+    n_gb = tl.cdiv(NG, GB)
+    o = tl.program_id(0) // n_gb
+    grp = (tl.program_id(0) % n_gb) * GB + tl.arange(0, GB)
     mg = grp < NG
     cols = tl.arange(0, BC)
     mc = cols < CG
@@ -158,9 +161,13 @@ def _dts_gemm(A, W, BIAS, RES, OUT, MEAN, RSTD, GAMMA, BETA, M, K, N, N_OUT, T, 
     tl.store(OUT + o_rows[:, None] * N_OUT + col[None, :], acc.to(OUT.dtype.element_ty), mask=om)
 
 
-def _gemm_config(gpu: bool) -> dict:
+def _gemm_config(gpu: bool, norm: bool, dtype: torch.dtype) -> dict:
+    """Tiles of :func:`_dts_gemm`. GPU: 128 × 128, 8 warps, 3 stages; BK = 32 for the normalising GEMM (it also
+    stages [BM, BK] float32 mean / rstd tiles) and 64 otherwise; with float32 operands (no tensor cores, larger
+    tiles) the normalising GEMM uses BN = 64. No spills for sm_80 (``check_triton_compile.py``)."""
     if gpu:
-        return dict(BM=128, BN=64, BK=32, GROUP_M=8, num_warps=8, num_stages=3)
+        return dict(BM=128, BN=64 if (norm and dtype == torch.float32) else 128, BK=32 if norm else 64, GROUP_M=8,
+                    num_warps=8, num_stages=3)
     return dict(BM=32, BN=32, BK=32, GROUP_M=2)
 
 
@@ -171,7 +178,7 @@ def _gemm(a, w, bias, out, *, m, t, s, res=None, stats=None, gamma=None, beta=No
     n_out = out.shape[-1]
     if stats is not None and stats[0].numel() >= 2**31:
         raise ValueError(f"too many GroupNorm statistics rows for int32 indexing: {stats[0].numel()}")
-    cfg = _gemm_config(C.on_gpu(a))
+    cfg = _gemm_config(C.on_gpu(a), stats is not None, a.dtype)
     mean, rstd = stats if stats is not None else (bias, bias)
     grid = (C.cdiv(m, cfg["BM"]) * C.cdiv(n, cfg["BN"]),)
     _dts_gemm[grid](a, w, bias, res if res is not None else out, out, mean, rstd,
@@ -205,7 +212,7 @@ def group_norm_stats(x: torch.Tensor, num_groups: int, eps: float, per_position:
     mean = torch.empty((n_stat, num_groups), dtype=torch.float32, device=x.device)
     rstd = torch.empty((n_stat, num_groups), dtype=torch.float32, device=x.device)
     warps = dict(num_warps=4) if gpu else {}
-    _gn_stats[(n_stat, C.cdiv(num_groups, gb))](x, mean, rstd, rows, n_inner, t * s * c, c, row_stride, cg,
+    _gn_stats[(C.cdiv(num_groups, gb) * n_stat,)](x, mean, rstd, rows, n_inner, t * s * c, c, row_stride, cg,
                                                 num_groups, float(eps), BR=br, GB=gb, BC=bc, **warps)
     return mean, rstd
 
