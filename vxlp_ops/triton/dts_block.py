@@ -251,13 +251,10 @@ def temporal_forward(x, norm_weight, norm_bias, qkv_weight, qkv_bias, rel_k, rel
     return _gemm(a, proj_weight, proj_bias, out, m=g * t * s, t=t, s=s, res=x, a_position_major=True)
 
 
-def spatial_reasons(x, *args):
-    return C.common_reasons(x, *args)
+def reasons(*args):
+    """Why the Triton backend cannot run a block on these arguments (device, dtype; shapes are checked by the op)."""
+    return C.common_reasons(*args)
 
 
-def temporal_reasons(x, *args):
-    return C.common_reasons(x, *args)
-
-
-dispatch.register("dts_spatial_block", "triton", forward=spatial_forward, reasons=spatial_reasons)
-dispatch.register("dts_temporal_block", "triton", forward=temporal_forward, reasons=temporal_reasons)
+dispatch.register("dts_spatial_block", "triton", forward=spatial_forward, reasons=reasons)
+dispatch.register("dts_temporal_block", "triton", forward=temporal_forward, reasons=reasons)
