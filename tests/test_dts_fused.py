@@ -159,6 +159,22 @@ def test_group_norm_stats_large_mean(per_position):
     assert torch.allclose(rstd.double(), torch.rsqrt(var + 1e-6), rtol=1e-3, atol=0)
 
 
+@needs_interp
+def test_blocks_triton_strided_arguments():
+    """Non-contiguous x and parameters (transposed / strided views) give the result of their contiguous copies."""
+    c = 64
+    x, p = _x((1, 3, 5, 3, c), F32, 16), _params(c, 2, F32, 17)
+    xs = x.transpose(2, 3).contiguous().transpose(2, 3)  # same values, H and W strides swapped
+    ps = {k: (v.t().contiguous().t() if v.dim() == 2 else torch.stack([v, v], 1)[:, 0]) for k, v in p.items()}
+    assert not xs.is_contiguous() and not any(v.is_contiguous() for v in ps.values())
+    with torch.no_grad(), vxlp_ops.use_backend("triton"):
+        for op, args, sargs in (
+            ("dts_spatial_block", _spatial_args(x, p, 32), _spatial_args(xs, ps, 32)),
+            ("dts_temporal_block", _temporal_args(x, p, 32, True), _temporal_args(xs, ps, 32, True)),
+        ):
+            assert torch.equal(getattr(vxlp_ops, op)(*sargs), getattr(vxlp_ops, op)(*args)), op
+
+
 # ------------------------------------------------------------------------------------- the ops, reference backend
 @pytest.mark.parametrize("transposed", [False, True])
 def test_reference_blocks_vs_float64(transposed):

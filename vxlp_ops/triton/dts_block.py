@@ -229,7 +229,8 @@ def _project_qkv(x, norm_weight, norm_bias, qkv_weight, qkv_bias, num_groups, ep
 
 
 def spatial_forward(x, norm_weight, norm_bias, qkv_weight, qkv_bias, proj_weight, proj_bias, num_groups, eps):
-    x, qkv_weight, proj_weight = x.contiguous(), qkv_weight.contiguous(), proj_weight.contiguous()
+    x, norm_weight, norm_bias, qkv_weight, qkv_bias, proj_weight, proj_bias = (
+        t.contiguous() for t in (x, norm_weight, norm_bias, qkv_weight, qkv_bias, proj_weight, proj_bias))
     g, t, hh, ww, c = x.shape
     qkv = _project_qkv(x, norm_weight, norm_bias, qkv_weight, qkv_bias, num_groups, eps, temporal=False)
     q, k, v = (qkv[j].view(g * t, hh * ww, c) for j in range(3))
@@ -240,7 +241,8 @@ def spatial_forward(x, norm_weight, norm_bias, qkv_weight, qkv_bias, proj_weight
 
 def temporal_forward(x, norm_weight, norm_bias, qkv_weight, qkv_bias, rel_k, rel_v, proj_weight, proj_bias,
                      num_groups, eps, transposed_rel_k=False):
-    x, qkv_weight, proj_weight = x.contiguous(), qkv_weight.contiguous(), proj_weight.contiguous()
+    x, norm_weight, norm_bias, qkv_weight, qkv_bias, proj_weight, proj_bias = (
+        t.contiguous() for t in (x, norm_weight, norm_bias, qkv_weight, qkv_bias, proj_weight, proj_bias))
     g, t, hh, ww, c = x.shape
     s = hh * ww
     qkv = _project_qkv(x, norm_weight, norm_bias, qkv_weight, qkv_bias, num_groups, eps, temporal=True)
