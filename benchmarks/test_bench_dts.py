@@ -4,7 +4,10 @@ Providers: ``eager`` (the encoder with every op replaced by its :mod:`vxlp_ops.r
 ``compile`` (``torch.compile`` of that, ``mode="max-autotune"`` on CUDA, default on CPU;
 ``VXLP_BENCH_DTS_COMPILE_MODE`` overrides), ``auto`` (the library's own dispatch, cuda > triton > reference),
 ``triton`` / ``cuda`` (every op forced to that backend), ``compile_ops`` (``torch.compile`` of the encoder
-calling the library ops, which stay opaque custom ops: compiled glue around our kernels).
+calling the library ops, which stay opaque custom ops: compiled glue around our kernels), ``fused`` (the
+encoder's fused inference blocks, :meth:`DTSEncoder.forward_fused`: what ``auto`` runs on CUDA in eval without
+grad; GPU only), ``unfused`` (the encoder's eager blocks calling the library ops, ``fused_inference = False``:
+the same kernels for attention and conv without the fused GroupNorm / projections).
 Compute-bound: % of the matmul ceiling. Weights: the module's own init, with the zero-initialised ones
 (temporal qkv / proj_out, temporal_encoding) drawn at random, so that no block is the identity.
 """
@@ -122,6 +125,19 @@ def make_case() -> B.Case:
         return {"x": B.randn(gen, g, t, hw, hw, c)}
 
     lib_model, ref_model = ms["lib"], ms["ref"]
+
+    def fused(x):
+        if not B.CUDA:
+            pytest.skip("fused: the fused DTS blocks are timed on a GPU (on CPU they run their eager reference)")
+        return lib_model.forward_fused(x)
+
+    def unfused(x):
+        lib_model.fused_inference = False
+        try:
+            return lib_model(x)
+        finally:
+            lib_model.fused_inference = True
+
     e = B.esize()
     # bytes (minimal): x read, every parameter read once, out [G, S, C] written.
     nbytes = (g * t * s * c + n_params + g * s * c) * e
@@ -141,9 +157,10 @@ def make_case() -> B.Case:
         compile_on_cpu=False,  # ~25 s of inductor on 2 CPU cores: VXLP_BENCH_COMPILE=all runs it
         compile_cost="dts_compile",
         note=f"DTSEncoder, config {ms['source']}; compile mode {B.DTS_COMPILE_MODE}",
+        baselines={"fused": B.Baseline(fn=fused), "unfused": B.Baseline(fn=unfused)},
     )
 
 
-@pytest.mark.parametrize("provider", ["eager", "compile", "auto", "triton", "cuda", "compile_ops"])
+@pytest.mark.parametrize("provider", ["eager", "compile", "auto", "fused", "unfused", "triton", "cuda", "compile_ops"])
 def test_dts(benchmark, ceilings, provider):
     B.run_case(benchmark, make_case(), provider, ceilings)

@@ -32,4 +32,12 @@ TORCH_LIBRARY(vxlp_ops, m) {
   m.def(
       "query_topk_gather_backward(Tensor grad_selected, Tensor grad_scores, Tensor visual, Tensor query,"
       " Tensor indices, bool inject_scores=True) -> (Tensor, Tensor)");
+  // Inference-only fused DTS blocks (no autograd), built from the ops above.
+  m.def(
+      "dts_spatial_block(Tensor x, Tensor norm_weight, Tensor norm_bias, Tensor qkv_weight, Tensor qkv_bias,"
+      " Tensor proj_weight, Tensor proj_bias, int num_groups, float eps) -> Tensor");
+  m.def(
+      "dts_temporal_block(Tensor x, Tensor norm_weight, Tensor norm_bias, Tensor qkv_weight, Tensor qkv_bias,"
+      " Tensor rel_k, Tensor rel_v, Tensor proj_weight, Tensor proj_bias, int num_groups, float eps,"
+      " bool transposed_rel_k=False) -> Tensor");
 }

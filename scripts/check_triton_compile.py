@@ -125,6 +125,18 @@ def _sig_of(value) -> str:
     raise TypeError(f"cannot type kernel argument {value!r}")
 
 
+def _divisible_by_16(param, value) -> bool:
+    """The launch-time specialisation ``triton.jit`` applies (``BaseBackend.get_*_specialization``): a pointer
+    whose address, or an int whose value, is a multiple of 16 is compiled as such (``tt.divisibility = 16``), which
+    decides vector widths and whether loads can become ``cp.async`` copies (software pipelining). Without it the
+    compiled code is not the code a GPU launch runs. (The specialisation of ints equal to 1 is not replicated.)"""
+    if getattr(param, "do_not_specialize", False) or getattr(param, "do_not_specialize_on_alignment", False):
+        return False
+    if isinstance(value, torch.Tensor):
+        return value.data_ptr() % 16 == 0
+    return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
+
+
 def compile_launch(launch: Launch, arch: int):
     fn = launch.fn
     names = [p.name for p in fn.params]
@@ -135,15 +147,17 @@ def compile_launch(launch: Launch, arch: int):
             options[k] = v
         else:
             values[k] = v
-    signature, constexprs = {}, {}
-    for p in fn.params:
+    signature, constexprs, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
         v = values[p.name]
         if p.is_constexpr:
             signature[p.name] = "constexpr"
             constexprs[p.name] = v
         else:
             signature[p.name] = _sig_of(v)
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+            if _divisible_by_16(p, v):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options), options.get("num_warps", 4)
 
 
@@ -220,6 +234,17 @@ def _cases(op: str, dtype: torch.dtype):
         idx = torch.arange(8).expand(2, 8).contiguous()
         yield f"query_topk_gather fwd {dn}", QT, lambda: QT.forward(vis, qry, 8, True)
         yield f"query_topk_gather bwd {dn}", QT, lambda: QT.backward(t(2, 8, 1152), torch.randn(2, 64), vis, qry, idx, True)
+    elif op == "dts_block":
+        import vxlp_ops.triton.dts_block as DB
+
+        # real width and group count (C = 1152, 32 groups of 36 channels), a small token grid
+        c = 1152
+        x = t(1, 4, 3, 3, c)
+        nw, nb, pb = t(c), t(c), t(c)
+        qw, qb, pw, rk = t(3 * c, c), t(3 * c), t(c, c), t(9, c)
+        yield f"dts_block spatial {dn}", DB, lambda: DB.spatial_forward(x, nw, nb, qw, qb, pw, pb, 32, 1e-6)
+        yield f"dts_block temporal {dn}", DB, lambda: DB.temporal_forward(x, nw, nb, qw, qb, rk, rk, pw, pb, 32,
+                                                                          1e-6, True)
     else:
         raise ValueError(f"no compile cases for {op}")
 

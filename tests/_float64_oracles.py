@@ -172,3 +172,76 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
     den = ref.norm().item()
     num = (out - ref).norm().item()
     return num / den if den > 0 else num
+
+
+# ------------------------------------------------------------------ DTS blocks (SPEC §2; the fused ops' oracles)
+def group_norm_cl(x, weight, bias, num_groups: int, eps: float, per_position: bool):
+    """GroupNorm of channels-last ``x [G, T, H, W, C]``, group by group: statistics over (C/num_groups, T, H, W)
+    of each sample, or (``per_position``) over (C/num_groups, T) of each position (g, h, w). float64."""
+    x = x.to(F64)
+    c = x.shape[-1]
+    cg = c // num_groups
+    dims = (1, 4) if per_position else (1, 2, 3, 4)
+    parts = []
+    for gi in range(num_groups):
+        xs = x[..., gi * cg : (gi + 1) * cg]
+        mu = xs.mean(dim=dims, keepdim=True)
+        var = ((xs - mu) ** 2).mean(dim=dims, keepdim=True)
+        parts.append((xs - mu) / torch.sqrt(var + eps))
+    return torch.cat(parts, dim=-1) * weight.to(F64) + bias.to(F64)
+
+
+def _proj(x, weight, bias):
+    """A 1×1 conv on channels-last x: ``Σ_c x[..., c]·weight[o, c] + bias[o]``."""
+    return torch.einsum("...c,oc->...o", x, weight.to(F64)) + bias.to(F64)
+
+
+def dts_spatial_block(x, norm_weight, norm_bias, qkv_weight, qkv_bias, proj_weight, proj_bias, num_groups, eps):
+    """SPEC §2 SpatialAttn on ``[G, T, H, W, C]``: per-sample GroupNorm, q/k/v = the three C-row blocks of the
+    projection, softmax attention over each frame's H·W tokens, ``x + proj_out``. float64."""
+    x = x.to(F64)
+    g, t, hh, ww, c = x.shape
+    h = group_norm_cl(x, norm_weight, norm_bias, num_groups, eps, per_position=False)
+    q, k, v = (_proj(h, qkv_weight[j * c : (j + 1) * c], qkv_bias[j * c : (j + 1) * c]).reshape(g * t, hh * ww, c)
+               for j in range(3))
+    a = frame_attention(q, k, v).reshape(g, t, hh, ww, c)
+    return x + _proj(a, proj_weight, proj_bias)
+
+
+def dts_temporal_block(x, norm_weight, norm_bias, qkv_weight, qkv_bias, rel_k, rel_v, proj_weight, proj_bias,
+                       num_groups, eps, transposed_rel_k=False):
+    """SPEC §2 TemporalAttn on ``[G, T, H, W, C]``: per-position GroupNorm over (C/groups, T), the qkv projection,
+    :func:`temporal_attention` over the T frames of each position, ``x + proj_out``. float64."""
+    x = x.to(F64)
+    g, t, hh, ww, c = x.shape
+    h = group_norm_cl(x, norm_weight, norm_bias, num_groups, eps, per_position=True)
+    seq = [_proj(h, qkv_weight[j * c : (j + 1) * c], qkv_bias[j * c : (j + 1) * c]) for j in range(3)]
+    q, k, v = (z.permute(0, 2, 3, 1, 4).reshape(g * hh * ww, t, c) for z in seq)  # one length-T row per position
+    a = temporal_attention(q, k, v, rel_k, rel_v, transposed_rel_k)
+    a = a.reshape(g, hh, ww, t, c).permute(0, 3, 1, 2, 4)
+    return x + _proj(a, proj_weight, proj_bias)
+
+
+def dts_encoder(x, sd: dict, num_groups: int, eps: float, transposed_rel_k: bool):
+    """The DTS encoder (SPEC §2) from a state dict with the released names (no ``model.sae.`` prefix):
+    ``x [G, T, H, W, C]`` + ``temporal_encoding``, then (SpatialAttn, TemporalAttn, merge conv) per stage
+    ``encoder.{3s, 3s+1, 3s+2}`` until one frame is left; returns ``[G, H·W, C]`` float64."""
+    x = x.to(F64) + sd["temporal_encoding"].to(F64)[None, :, None, None, :]
+    c = x.shape[-1]
+    s = 0
+    while x.shape[1] > 1:
+        p = f"encoder.{3 * s}."
+        qkv_w = torch.cat([sd[p + f"{m}.weight"].reshape(c, c) for m in ("q", "k", "v")])
+        qkv_b = torch.cat([sd[p + f"{m}.bias"] for m in ("q", "k", "v")])
+        x = dts_spatial_block(x, sd[p + "norm.weight"], sd[p + "norm.bias"], qkv_w, qkv_b,
+                              sd[p + "proj_out.weight"].reshape(c, c), sd[p + "proj_out.bias"], num_groups, eps)
+        p = f"encoder.{3 * s + 1}."
+        x = dts_temporal_block(x, sd[p + "norm.weight"], sd[p + "norm.bias"], sd[p + "qkv.weight"].reshape(3 * c, c),
+                               sd[p + "qkv.bias"], sd[p + "relative_position_k.embeddings_table"],
+                               sd[p + "relative_position_v.embeddings_table"], sd[p + "proj_out.weight"].reshape(c, c),
+                               sd[p + "proj_out.bias"], num_groups, eps, transposed_rel_k)
+        p = f"encoder.{3 * s + 2}."
+        x = temporal_merge_conv3d(x, sd[p + "conv.weight"], sd[p + "conv.bias"], 2)
+        s += 1
+    g, t, hh, ww, c = x.shape
+    return x.reshape(g, t * hh * ww, c)

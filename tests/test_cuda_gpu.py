@@ -430,3 +430,98 @@ def test_compute_sanitizer(tool, tmp_path):
     log = proc.stdout + proc.stderr
     assert "SANITIZER_SCRIPT_DONE" in log, log[-4000:]
     assert "ERROR SUMMARY: 0 errors" in log, log[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------- fused DTS blocks
+# dts_spatial_block / dts_temporal_block have no compiled kernel: on a GPU the automatic dispatch picks their
+# Triton backend (GroupNorm statistics + normalising GEMM + the attention op + bias/residual GEMM). Checked at the
+# real DTS shapes (C = 1152, 24×24 tokens, T = 4 and 8 frames per group) against the independent float64 oracles
+# of tests/_float64_oracles.py (on the CPU), as the error of the block's update ``out − x``, bounded by twice the
+# error of the eager blocks run in the same dtype on the GPU plus a small floor.
+DTS_BLOCK_SHAPES = [(1, 4, 24, 24, 1152), (1, 8, 24, 24, 1152), (2, 2, 5, 7, 96)]
+DTS_FLOOR = {F32: 1e-5, BF16: 2e-3, F16: 2e-4}
+
+
+def _dts_block_args(shape, dtype, temporal, transposed=True, r=64):
+    g, t, h, w, c = shape
+    x = rnd(g, t, h, w, c, dtype=dtype, scale=1.5) + 0.5
+    common = (rnd(c, dtype=dtype, scale=0.3) + 1.0, rnd(c, dtype=dtype, scale=0.3),
+              rnd(3 * c, c, dtype=dtype, scale=c**-0.5), rnd(3 * c, dtype=dtype, scale=0.3))
+    proj = (rnd(c, c, dtype=dtype, scale=c**-0.5), rnd(c, dtype=dtype, scale=0.3))
+    if temporal:
+        rel = (rnd(2 * r + 1, c, dtype=dtype), rnd(2 * r + 1, c, dtype=dtype))
+        return (x, *common, *rel, *proj, 32, 1e-6, transposed)
+    return (x, *common, *proj, 32, 1e-6)
+
+
+def _update_rel(out, x, want):
+    x = x.detach().to(F64).cpu()
+    return rel(out.to(F64).cpu() - x, want.cpu() - x)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F32], ids=dn)
+@pytest.mark.parametrize("shape", DTS_BLOCK_SHAPES, ids=str)
+@pytest.mark.parametrize("block", ["spatial", "temporal"])
+def test_dts_fused_blocks_vs_float64(block, shape, dtype):
+    import _float64_oracles as O
+
+    op = f"dts_{block}_block"
+    args = _dts_block_args(shape, dtype, block == "temporal")
+    assert dispatch.select(op, args)[0] == "triton", dispatch.backend_reasons(op, "triton", args)
+    with torch.no_grad():
+        out = getattr(vxlp_ops, op)(*args)
+        eager = getattr(ref, op)(*args)
+        again = getattr(vxlp_ops, op)(*args)
+    assert out.dtype == dtype and out.shape == args[0].shape
+    assert torch.equal(out, again), "the fused block is not deterministic"
+    want = getattr(O, op)(*d64(*args))
+    err, err_eager = _update_rel(out, args[0], want), _update_rel(eager, args[0], want)
+    assert err <= 2 * err_eager + DTS_FLOOR[dtype], f"{op} {dn(dtype)} {shape}: {err:.3e} vs eager {err_eager:.3e}"
+
+
+@pytest.mark.parametrize("frames", [4, 8])
+def test_dts_encoder_uses_fused_blocks_on_cuda(frames, monkeypatch):
+    """DTSEncoder at the real width (C = 1152, 24×24, 32 groups, R = 64), bf16, eval, no grad: the fused blocks
+    run (spied), once per block, and the result matches the eager path; in training mode they do not run."""
+    import types as _types
+
+    from vxlp_model import dts as dts_mod
+
+    cfg = _types.SimpleNamespace(dts_channels=1152, frames_per_group=frames, dts_norm_groups=32, dts_norm_eps=1e-6,
+                                 dts_max_relative_position=64, transposed_rel_k=True)
+    torch.manual_seed(0)
+    enc = dts_mod.DTSEncoder(cfg)
+    with torch.no_grad():
+        for p in enc.parameters():
+            if not p.any():  # zero-initialised (temporal qkv / proj_out, temporal_encoding): random, small
+                p.normal_(0.0, 0.02)
+    calls = {"dts_spatial_block": 0, "dts_temporal_block": 0}
+    for name in calls:
+        fn = getattr(vxlp_ops, name)
+
+        def spy(*a, _fn=fn, _name=name):
+            calls[_name] += 1
+            return _fn(*a)
+
+        monkeypatch.setattr(dts_mod.vxlp_ops, name, spy)
+    x = rnd(1, frames, 24, 24, 1152, dtype=BF16)
+    enc64 = dts_mod.DTSEncoder(cfg).to(DEV, F64).eval()
+    enc64.load_state_dict(enc.state_dict())
+    enc = enc.to(DEV, BF16).eval()
+    with torch.no_grad():
+        assert enc.uses_fused(x)
+        out = enc(x)
+        stages = len(enc.encoder) // 3
+        assert calls == {"dts_spatial_block": stages, "dts_temporal_block": stages}
+        enc.fused_inference = False
+        eager = enc(x)
+        enc64.fused_inference = False
+        want = enc64(x.to(F64))
+    assert calls == {"dts_spatial_block": stages, "dts_temporal_block": stages}
+    enc.fused_inference = True
+    enc.train()
+    with torch.no_grad():
+        enc(x)
+    assert calls == {"dts_spatial_block": stages, "dts_temporal_block": stages}
+    err, err_eager = rel(out, want), rel(eager, want)
+    assert err <= 2 * err_eager + DTS_FLOOR[BF16], (err, err_eager)

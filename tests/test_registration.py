@@ -12,7 +12,7 @@ import torch
 import vxlp_ops
 import vxlp_ops.info
 from vxlp_ops import _ext, dispatch
-from vxlp_ops._schemas import PUBLIC_OPS, SCHEMAS
+from vxlp_ops._schemas import FUSED_OPS, PUBLIC_OPS, SCHEMAS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(vxlp_ops.__file__)))
 
@@ -41,8 +41,11 @@ def test_public_ops_are_the_six_of_the_contract():
     assert set(PUBLIC_OPS) <= set(SCHEMAS)
     for name in PUBLIC_OPS:
         assert callable(getattr(vxlp_ops, name)) and name in vxlp_ops.__all__
-    # every other schema is the backward op of a public op
-    for name in set(SCHEMAS) - set(PUBLIC_OPS):
+    # every other schema is the backward op of a public op, or an inference-only fused DTS block
+    assert FUSED_OPS == ("dts_spatial_block", "dts_temporal_block")
+    for name in FUSED_OPS:
+        assert name in SCHEMAS and callable(getattr(vxlp_ops, name)) and name in vxlp_ops.__all__
+    for name in set(SCHEMAS) - set(PUBLIC_OPS) - set(FUSED_OPS):
         assert name.endswith("_backward") and name[: -len("_backward")] in PUBLIC_OPS, name
 
 
@@ -87,13 +90,14 @@ def test_extension_state_is_consistent():
 
 def test_info_report_names_every_op_backend_and_reason():
     report = vxlp_ops.info.report()
-    for op in PUBLIC_OPS:
+    ops = PUBLIC_OPS + FUSED_OPS
+    for op in ops:
         assert op in report
     for backend in dispatch.PRIORITY:
         assert backend in report
     table = vxlp_ops.info.backend_table()
-    assert {(op, be) for op, be, _ in table} == {(op, be) for op in PUBLIC_OPS for be in dispatch.backends_for(op)}
-    assert {(op, be) for op in PUBLIC_OPS for be in dispatch.PRIORITY} <= {(op, be) for op, be, _ in table}
+    assert {(op, be) for op, be, _ in table} == {(op, be) for op in ops for be in dispatch.backends_for(op)}
+    assert {(op, be) for op in ops for be in dispatch.PRIORITY} <= {(op, be) for op, be, _ in table}
     lines = report.splitlines()
     for op, backend, status in table:
         assert status.strip(), f"{op}/{backend}: empty status"
@@ -224,7 +228,7 @@ def test_info_module_without_extension():
         assert op in res.stdout
     # the cuda backend says the extension is the reason
     cuda_rows = [ln for ln in res.stdout.splitlines() if ln.split()[1:2] == ["cuda"]]
-    assert len(cuda_rows) == len(PUBLIC_OPS)
+    assert len(cuda_rows) == len(PUBLIC_OPS) + len(FUSED_OPS)
     assert all("VXLP_DISABLE_EXTENSION" in ln for ln in cuda_rows), cuda_rows
 
 

@@ -4,8 +4,8 @@ with the configuration it would get on a GPU).
 
 Checked: every kernel of every op compiles (the interpreter accepts code that the compiler refuses, e.g. a plain
 float global read inside a kernel); from the PTX: bf16 inputs reach the tensor cores as bf16 (``mma … .f32.bf16.bf16.f32``), never as
-tf32 after an upcast; and the frame-attention forward with D = 1152 keeps its register accumulator without
-spilling.
+tf32 after an upcast; the frame-attention forward with D = 1152 keeps its register accumulator without
+spilling; the fused DTS blocks' kernels do not spill.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def bf16_reports(tmp_path_factory):
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "check_triton_compile.py"), "--arch", "80", "--dtypes", "bf16",
-         "--ops", "frame_attention,temporal_attention,temporal_merge_conv3d,sgm,query_topk_gather", "--json", str(out)],
+         "--ops", "frame_attention,temporal_attention,temporal_merge_conv3d,sgm,query_topk_gather,dts_block", "--json",
+         str(out)],
         env=env, capture_output=True, text=True, timeout=1200, cwd=REPO,
     )
     assert res.returncode == 0, res.stderr[-4000:]
@@ -46,14 +47,15 @@ def bf16_reports(tmp_path_factory):
 def test_every_kernel_compiles(bf16_reports):
     ops = {r["case"].split()[0] for r in bf16_reports}
     assert ops == {"frame_attention", "temporal_attention", "temporal_merge_conv3d", "sgm_scores", "sgm_mask",
-                   "query_topk_gather"}
+                   "query_topk_gather", "dts_block"}
     assert all(r["regs"] > 0 for r in bf16_reports)
 
 
 @pytest.mark.slow
 def test_bf16_operands_reach_the_tensor_cores_as_bf16(bf16_reports):
     matmul = [r for r in bf16_reports if r["case"].split()[0] in ("frame_attention", "temporal_attention",
-                                                                   "temporal_merge_conv3d") and r["kernel"] != "_colsum"]
+                                                                   "temporal_merge_conv3d", "dts_block")
+              and r["kernel"] not in ("_colsum", "_gn_stats")]
     assert len(matmul) >= 12, [r["kernel"] for r in bf16_reports]
     for r in matmul:
         assert r["mma"], f"{r['case']} {r['kernel']}: no mma instruction"
@@ -65,4 +67,14 @@ def test_frame_attention_forward_accumulator_stays_in_registers(bf16_reports):
     fwd = [r for r in bf16_reports if r["kernel"] == "_fa_fwd"]
     assert {r["case"] for r in fwd} == {"frame_attention fwd D=64 bf16", "frame_attention fwd D=1152 bf16"}
     for r in fwd:
+        assert r["spill_bytes"] == 0 and 0 < r["regs"] <= 255, r
+
+
+@pytest.mark.slow
+def test_dts_block_kernels_do_not_spill(bf16_reports):
+    """The fused DTS blocks' kernels at C = 1152: the GroupNorm-statistics kernel and both GEMMs (the normalising
+    q/k/v projection and the proj_out + residual one) of each block fit in registers."""
+    rep = [r for r in bf16_reports if r["case"].startswith("dts_block")]
+    assert sorted(r["kernel"] for r in rep) == ["_dts_gemm"] * 4 + ["_gn_stats"] * 2
+    for r in rep:
         assert r["spill_bytes"] == 0 and 0 < r["regs"] <= 255, r

@@ -4,6 +4,14 @@ Tokens are channels-last throughout: ``x: [G, T, H, W, C]`` (G groups of T = 4 f
 C = 1152 channels). Every heavy step is a :mod:`vxlp_ops` op, so the CUDA / Triton kernels are used when
 present. Module and parameter names follow the released checkpoint (prefix ``model.sae.``), so its weights
 load with :meth:`DTSEncoder.load_released_state_dict`.
+
+Fused inference (:meth:`DTSEncoder.uses_fused`): on CUDA, in eval mode and when no gradient is needed, the
+encoder runs each SpatialAttention / TemporalAttention block as one fused op (:func:`vxlp_ops.dts_spatial_block`,
+:func:`vxlp_ops.dts_temporal_block`: GroupNorm statistics in one pass, normalisation inside the projection GEMM,
+q/k/v written in the attention's layout, bias + residual in the output GEMM; docs/dts_fused.md). It computes
+the same function as the eager blocks (within the dtype's rounding); everywhere else (CPU, training, autograd,
+``fused_inference = False``) the eager blocks run. The choice is made at every call from the module's state
+and the input; nothing is read from the environment or cached.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import vxlp_ops
+from vxlp_ops.reference import group_norm_channels_last as group_norm_reference
 
 RELEASED_PREFIX = "model.sae."
 
@@ -20,16 +29,10 @@ RELEASED_PREFIX = "model.sae."
 def group_norm_channels_last(x: torch.Tensor, norm: nn.GroupNorm, reduce_dims: tuple[int, ...]) -> torch.Tensor:
     """GroupNorm on channels-last ``x [..., C]`` with statistics over ``reduce_dims`` and the channels of a group.
 
-    The affine parameters of ``norm`` are applied per channel. Statistics in float32.
+    The affine parameters of ``norm`` are applied per channel. Statistics in float32 (the formula of
+    :func:`vxlp_ops.reference.group_norm_channels_last`, shared with the fused blocks' reference).
     """
-    c = x.shape[-1]
-    g = norm.num_groups
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xf = x.to(ct).reshape(*x.shape[:-1], g, c // g)
-    dims = tuple(d if d >= 0 else d - 1 for d in reduce_dims) + (-1,)
-    var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)
-    y = ((xf - mean) * torch.rsqrt(var + norm.eps)).reshape(x.shape)
-    return (y * norm.weight.to(ct) + norm.bias.to(ct)).to(x.dtype)
+    return group_norm_reference(x, norm.weight, norm.bias, norm.num_groups, norm.eps, reduce_dims)
 
 
 def _linear_1x1(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
@@ -58,6 +61,17 @@ class SpatialAttention(nn.Module):
         q, k, v = (_linear_1x1(h, m).reshape(g * t, hh * ww, c) for m in (self.q, self.k, self.v))
         a = vxlp_ops.frame_attention(q, k, v).reshape(g, t, hh, ww, c)
         return x + _linear_1x1(a, self.proj_out)
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block as one inference-only fused op (:func:`vxlp_ops.dts_spatial_block`; no backward)."""
+        dt = x.dtype
+        c = x.shape[-1]
+        qkv_w = torch.cat([m.weight.reshape(c, c) for m in (self.q, self.k, self.v)]).to(dt)
+        qkv_b = torch.cat([self.q.bias, self.k.bias, self.v.bias]).to(dt)
+        return vxlp_ops.dts_spatial_block(
+            x, self.norm.weight.to(dt), self.norm.bias.to(dt), qkv_w, qkv_b,
+            self.proj_out.weight.reshape(c, c).to(dt), self.proj_out.bias.to(dt), self.norm.num_groups, self.norm.eps,
+        )
 
 
 class RelativePosition(nn.Module):
@@ -110,6 +124,17 @@ class TemporalAttention(nn.Module):
         a = a.reshape(g, hh, ww, t, c).permute(0, 3, 1, 2, 4)
         return x + _linear_1x1(a, self.proj_out)
 
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block as one inference-only fused op (:func:`vxlp_ops.dts_temporal_block`; no backward)."""
+        dt = x.dtype
+        c = x.shape[-1]
+        return vxlp_ops.dts_temporal_block(
+            x, self.norm.weight.to(dt), self.norm.bias.to(dt), self.qkv.weight.reshape(3 * c, c).to(dt),
+            self.qkv.bias.to(dt), self.relative_position_k.embeddings_table.to(dt),
+            self.relative_position_v.embeddings_table.to(dt), self.proj_out.weight.reshape(c, c).to(dt),
+            self.proj_out.bias.to(dt), self.norm.num_groups, self.norm.eps, self.transposed_rel_k,
+        )
+
 
 class TemporalMerge(nn.Module):
     """Released merge: ``conv`` = Conv3d(C, C, 3, stride (2, 1, 1)) with replicate padding T (1, 0), H/W (1, 1)."""
@@ -121,6 +146,8 @@ class TemporalMerge(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return vxlp_ops.temporal_merge_conv3d(x, self.conv.weight.to(x.dtype), self.conv.bias.to(x.dtype), self.stride_t)
+
+    forward_fused = forward  # already one op (implicit GEMM with the replicate padding in its loads)
 
 
 def _stage(c: int, cfg) -> list[nn.Module]:
@@ -176,26 +203,53 @@ class DTSEncoder(nn.Module):
     ``x + temporal_encoding[t]`` → (SpatialAttention → TemporalAttention → TemporalMerge) × 2 (T 4 → 2 → 1).
     Parameter names are the released checkpoint's (``temporal_encoding``, ``encoder.{0..5}.*``). Source: SPEC §2;
     paper §3.2 "Dynamic Token Synthesizer".
+
+    ``fused_inference`` (default True): allow the fused blocks where :meth:`uses_fused` says they apply.
     """
+
+    FUSED_DEVICE_TYPES = ("cuda",)  # where the fused blocks have fast (Triton / CUDA) kernels
 
     def __init__(self, config):
         super().__init__()
         c = config.dts_channels
         t = config.frames_per_group
         self.frames_per_group = t
+        self.fused_inference = True
         self.temporal_encoding = nn.Parameter(torch.zeros(t, c))
         stages = max(1, (t - 1).bit_length())  # 4 frames: 2 stages of stride 2
         self.encoder = nn.ModuleList([m for _ in range(stages) for m in _stage(c, config)])
 
+    def uses_fused(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` runs the fused blocks on ``x``: ``fused_inference`` is on, the module is in
+        eval mode, x is on a device of ``FUSED_DEVICE_TYPES`` (CUDA) and no gradient is needed (grad mode off,
+        or neither x nor any parameter requires grad). Decided at every call."""
+        if not self.fused_inference or self.training or x.device.type not in self.FUSED_DEVICE_TYPES:
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[G, T, H, W, C]`` (any float dtype) → ``[G, H·W, C]`` in the dtype of x."""
+        """x ``[G, T, H, W, C]`` (any float dtype) → ``[G, H·W, C]`` in the dtype of x.
+
+        Raises ``ValueError`` for a wrong shape of x. Runs the fused blocks where :meth:`uses_fused`, else the
+        eager ones (same result within the dtype's rounding)."""
+        return self._forward(x, self.uses_fused(x))
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the fused blocks on any device (their ops dispatch to the backend that can run
+        x: Triton / CUDA kernels on a GPU, the eager reference elsewhere). Inference only: raises
+        ``RuntimeError`` if a gradient would be needed."""
+        return self._forward(x, True)
+
+    def _forward(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != self.frames_per_group or x.shape[-1] != self.temporal_encoding.shape[1]:
             raise ValueError(
                 f"x must have shape [G, {self.frames_per_group}, H, W, {self.temporal_encoding.shape[1]}], got {tuple(x.shape)}"
             )
         x = x + self.temporal_encoding.to(x.dtype)[None, :, None, None, :]
         for m in self.encoder:
-            x = m(x)
+            x = m.forward_fused(x) if fused else m(x)
         g, t, hh, ww, c = x.shape
         return x.reshape(g, t * hh * ww, c)
 

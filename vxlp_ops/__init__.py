@@ -9,6 +9,9 @@ a fake (meta) kernel and, where marked, autograd; all ``torch.compile(fullgraph=
 - :func:`sgm_scores`, :func:`sgm_mask` — Semantic-Guided Masking (ReCoT pre-training)
 - :func:`query_topk_gather` — Query-aware Selector scoring + top-k + gather
 
+Fused, inference-only forms of whole DTS blocks (GroupNorm + projections + attention + residual):
+:func:`dts_spatial_block`, :func:`dts_temporal_block` (:mod:`vxlp_ops.dts_block`).
+
 Backends: ``cuda`` (compiled kernels), ``triton``, ``reference`` (eager PyTorch, any device), chosen per call
 in that order (:mod:`vxlp_ops.dispatch`; per-op orders: ``dispatch.set_priority`` or the measured
 ``dispatch.tune``); ``VXLP_BACKEND`` forces one. Optional: ``xformers`` for ``frame_attention`` where installed,
@@ -18,6 +21,7 @@ here and why not. Importing never fails because a backend is missing.
 
 from . import _ext, dispatch
 from .dispatch import NoBackendError, set_backend, use_backend
+from .dts_block import dts_spatial_block, dts_temporal_block
 from .frame_attention import frame_attention
 from .query_topk_gather import query_topk_gather
 from .sgm_mask import sgm_mask
@@ -35,6 +39,8 @@ __all__ = [
     "sgm_scores",
     "sgm_mask",
     "query_topk_gather",
+    "dts_spatial_block",
+    "dts_temporal_block",
     "dispatch",
     "set_backend",
     "use_backend",

@@ -46,6 +46,25 @@ def _load() -> None:
             _LIB = torch.library.Library("vxlp_ops", "DEF")
             for schema in SCHEMAS.values():
                 _LIB.define(schema)
+    # An extension built before an op was added lacks its schema: define the missing ones (the op then works
+    # on every backend but the compiled one, which that build does not have either).
+    missing = [name for name in SCHEMAS if not _defined(name)]
+    if missing:
+        lib = torch.library.Library("vxlp_ops", "FRAGMENT")
+        for name in missing:
+            lib.define(SCHEMAS[name])
+        _FRAGMENTS.append(lib)
+
+
+_FRAGMENTS: list = []  # keeps the fragment libraries (and their definitions) alive
+
+
+def _defined(name: str) -> bool:
+    try:
+        getattr(torch.ops.vxlp_ops, name).default  # noqa: B018
+        return True
+    except (AttributeError, RuntimeError):
+        return False
 
 
 _load()

@@ -4,7 +4,9 @@
 extension is missing, :mod:`vxlp_ops._ext` defines them from this table instead, so the ops always exist.
 ``tests/test_registration.py`` asserts that the two agree.
 
-The six public ops come first; each ``*_backward`` op is the gradient of the op of the same stem. Backward
+The six public ops come first; each ``*_backward`` op is the gradient of the op of the same stem. The
+:data:`FUSED_OPS` are inference-only fused forms of whole DTS blocks (OPS.md: "fused forms are welcome"; no
+autograd), built from the six. Backward
 ops take the forward inputs (and for ``query_topk_gather`` the chosen ``indices``) and recompute what they
 need, so every backend is free to save or recompute its own intermediates.
 """
@@ -16,6 +18,11 @@ PUBLIC_OPS = (
     "sgm_scores",
     "sgm_mask",
     "query_topk_gather",
+)
+
+FUSED_OPS = (
+    "dts_spatial_block",
+    "dts_temporal_block",
 )
 
 SCHEMAS = {
@@ -54,5 +61,14 @@ SCHEMAS = {
     "query_topk_gather_backward": (
         "query_topk_gather_backward(Tensor grad_selected, Tensor grad_scores, Tensor visual, Tensor query,"
         " Tensor indices, bool inject_scores=True) -> (Tensor, Tensor)"
+    ),
+    "dts_spatial_block": (
+        "dts_spatial_block(Tensor x, Tensor norm_weight, Tensor norm_bias, Tensor qkv_weight, Tensor qkv_bias,"
+        " Tensor proj_weight, Tensor proj_bias, int num_groups, float eps) -> Tensor"
+    ),
+    "dts_temporal_block": (
+        "dts_temporal_block(Tensor x, Tensor norm_weight, Tensor norm_bias, Tensor qkv_weight, Tensor qkv_bias,"
+        " Tensor rel_k, Tensor rel_v, Tensor proj_weight, Tensor proj_bias, int num_groups, float eps,"
+        " bool transposed_rel_k=False) -> Tensor"
     ),
 }

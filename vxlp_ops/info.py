@@ -8,7 +8,9 @@ import sys
 import torch
 
 from . import _ext, dispatch
-from ._schemas import PUBLIC_OPS
+from ._schemas import FUSED_OPS, PUBLIC_OPS
+
+OPS = PUBLIC_OPS + FUSED_OPS  # the six ops of the contract, then the fused inference blocks
 
 
 def backend_table() -> list[tuple[str, str, str]]:
@@ -17,7 +19,7 @@ def backend_table() -> list[tuple[str, str, str]]:
     available backend with a probe (xformers) adds its lines, e.g. its ``not_supported_reasons`` for the DTS's
     shapes on this machine."""
     rows = []
-    for op in PUBLIC_OPS:
+    for op in OPS:
         for backend in dispatch.backends_for(op):
             reasons = dispatch.backend_reasons(op, backend)
             status = "available" if not reasons else "; ".join(reasons)
@@ -42,13 +44,13 @@ def report() -> str:
         + (f"loaded {_ext.BUILD_INFO}" if _ext.EXTENSION_ERROR is None else f"unavailable: {_ext.EXTENSION_ERROR}"),
         f"forced backend (VXLP_BACKEND): {dispatch.forced_backend() or 'none (automatic: cuda > triton > reference)'}",
     ]
-    orders = {op: dispatch.priority(op) for op in PUBLIC_OPS if dispatch.priority(op) != dispatch.PRIORITY}
+    orders = {op: dispatch.priority(op) for op in OPS if dispatch.priority(op) != dispatch.PRIORITY}
     for op, order in orders.items():
         lines.append(f"configured order of {op}: {' > '.join(order)}")
     lines += [
         "",
     ]
-    width = max(len(op) for op in PUBLIC_OPS)
+    width = max(len(op) for op in OPS)
     for op, backend, status in backend_table():
         lines.append(f"{op:<{width}}  {backend:<9}  {status}")
     lines.append("")

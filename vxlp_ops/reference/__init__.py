@@ -6,6 +6,7 @@ of its first input. Each differentiable op has an explicit ``*_backward`` (no au
 under ``torch.inference_mode`` and inside compiled graphs); the tests check them with ``gradcheck``.
 """
 
+from .dts_block import dts_spatial_block, dts_temporal_block, group_norm_channels_last
 from .frame_attention import frame_attention, frame_attention_backward
 from .query_topk_gather import query_topk_gather, query_topk_gather_backward
 from .sgm import sgm_mask, sgm_scores, sgm_scores_backward
@@ -24,4 +25,7 @@ __all__ = [
     "temporal_merge_conv3d_backward",
     "sgm_scores_backward",
     "query_topk_gather_backward",
+    "dts_spatial_block",
+    "dts_temporal_block",
+    "group_norm_channels_last",
 ]

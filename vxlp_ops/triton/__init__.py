@@ -11,3 +11,4 @@ from . import temporal_attention  # noqa: F401
 from . import temporal_merge_conv3d  # noqa: F401
 from . import sgm  # noqa: F401
 from . import query_topk_gather  # noqa: F401
+from . import dts_block  # noqa: F401
