@@ -18,7 +18,7 @@ here and why not. Importing never fails because a backend is missing.
 
 from . import _ext, dispatch
 from .dispatch import NoBackendError, set_backend, use_backend
-from .frame_attention import frame_attention
+from .frame_attention import frame_attention, frame_attention_fwd
 from .query_topk_gather import query_topk_gather
 from .sgm_mask import sgm_mask
 from .sgm_scores import sgm_scores
@@ -35,6 +35,7 @@ __all__ = [
     "sgm_scores",
     "sgm_mask",
     "query_topk_gather",
+    "frame_attention_fwd",
     "dispatch",
     "set_backend",
     "use_backend",
