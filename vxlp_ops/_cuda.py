@@ -82,8 +82,25 @@ def _fa_backward(grad_out, q, k, v, scale=None):
     return tuple(_ops.cuda_frame_attention_backward(_c(grad_out), _c(q), _c(k), _c(v), scale))
 
 
+def _fa_fwd_forward(q, k, v, scale=None):
+    return tuple(_ops.cuda_frame_attention_fwd(_c(q), _c(k), _c(v), scale))
+
+
+def _fa_fwd_backward(grad_out, q, k, v, out, lse, scale=None):
+    return tuple(_ops.cuda_frame_attention_fwd_backward(_c(grad_out), _c(q), _c(k), _c(v), _c(out), _c(lse), scale))
+
+
+FA_MAX_S = 16384  # csrc/cuda/frame_attention_plan.h kMaxS
+
+
 def _fa_reasons(q, k, v, scale=None):
-    return _common(q, k, v)
+    reasons = _common(q, k, v)
+    if isinstance(q, torch.Tensor) and q.dim() == 3 and q.shape[1] > FA_MAX_S:
+        reasons.append(
+            f"cuda frame_attention materialises an [S, S] score workspace per batch row: needs S <= {FA_MAX_S}, "
+            f"got {q.shape[1]}"
+        )
+    return reasons
 
 
 # ------------------------------------------------------------------------------------------------ temporal_attention
@@ -186,6 +203,7 @@ def _qtg_reasons(visual, query, k, inject_scores=True):
 
 _TABLE = {
     "frame_attention": (_fa_forward, _fa_backward, _fa_reasons),
+    "frame_attention_fwd": (_fa_fwd_forward, _fa_fwd_backward, _fa_reasons),
     "temporal_attention": (_ta_forward, _ta_backward, _ta_reasons),
     "temporal_merge_conv3d": (_conv_forward, _conv_backward, _conv_reasons),
     "sgm_scores": (_sgm_forward, _sgm_backward, _sgm_reasons),
