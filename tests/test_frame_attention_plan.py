@@ -96,6 +96,16 @@ def test_workspace_is_bounded_and_chunks_the_batch():
     assert tiny["batch_chunk"] == 1 and tiny["pitch"] == 584 and len(tiny["launches"]) == 3 * 3
 
 
+@pytest.mark.parametrize("b,s,d", SHAPES + [(600, 576, 1152), (40, 2048, 8)])
+def test_python_workspace_size_matches_the_plan(b, s, d):
+    """vxlp_ops._cuda.frame_attention_workspace_bytes (the memory planner's number) = the plan's workspace."""
+    from vxlp_ops._cuda import frame_attention_workspace_bytes
+
+    for esz in (2, 4):
+        for backward in (False, True):
+            assert frame_attention_workspace_bytes(b, s, esz, backward) == plan(b, s, d, esz, backward)["workspace_bytes"]
+
+
 def test_too_large_s_is_refused_naming_the_workspace():
     with pytest.raises(ValueError, match=r"S = 16385 > 16384 .*\[S, S\] score workspace"):
         plan(1, 16385, 64)

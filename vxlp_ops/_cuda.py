@@ -91,6 +91,17 @@ def _fa_fwd_backward(grad_out, q, k, v, out, lse, scale=None):
 
 
 FA_MAX_S = 16384  # csrc/cuda/frame_attention_plan.h kMaxS
+FA_WORKSPACE = 1 << 30  # csrc/cuda/frame_attention_plan.h kDefaultWorkspace
+
+
+def frame_attention_workspace_bytes(b: int, s: int, elem_bytes: int, backward: bool = False) -> int:
+    """Device bytes of the CUDA frame_attention's [S, S] workspace for ``[B, S, D]`` inputs of ``elem_bytes``-byte
+    elements (the forward: float32 scores + P; the backward from (out, lse): P and dS), allocated once per call:
+    as many batch rows as fit 1 GiB (at least one), rows padded to a multiple of 8. The same numbers as
+    ``make_plan`` of csrc/cuda/frame_attention_plan.h (tests/test_frame_attention_plan.py checks it)."""
+    pitch = -(-s // 8) * 8
+    per_row = s * pitch * (2 * elem_bytes if backward else 4 + elem_bytes)
+    return min(max(1, FA_WORKSPACE // per_row), b, 65535) * per_row
 
 
 def _fa_reasons(q, k, v, scale=None):
