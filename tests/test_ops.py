@@ -1298,6 +1298,17 @@ def test_use_backend_cuda_raises_no_backend_error():
     assert isinstance(err.value, RuntimeError)
 
 
+def test_paired_op_follows_the_public_ops_order():
+    """frame_attention_fwd picks the backend frame_attention would pick: it uses the order configured for it."""
+    assert dispatch.priority("frame_attention_fwd") == dispatch.PRIORITY
+    with dispatch.use_priority("frame_attention", ("triton", "reference")):
+        assert dispatch.priority("frame_attention_fwd") == ("triton", "reference")
+        with dispatch.use_priority("frame_attention_fwd", ("reference",)):  # its own order wins
+            assert dispatch.priority("frame_attention_fwd") == ("reference",)
+    assert dispatch.priority("frame_attention_fwd") == dispatch.PRIORITY
+    assert dispatch.has_impl("frame_attention_fwd", "reference") and not dispatch.has_impl("frame_attention_fwd", "x")
+
+
 def test_use_backend_restores_after_exception():
     with pytest.raises(KeyError):
         with vxlp_ops.use_backend("reference"):
