@@ -61,7 +61,10 @@ def make_case(direction: str) -> B.Case:
     e = B.esize()
     # FLOP: S = q kᵀ (2·B·S²·D) and out = P v (2·B·S²·D): 4·B·S²·D; softmax's O(B·S²) left out.
     # fwd+bwd adds the four backward products dV = Pᵀ dO, dP = dO vᵀ, dQ = dS k, dK = dSᵀ q (8·B·S²·D):
-    # 12·B·S²·D in all (a recomputation of S, as flash-style kernels do, is not counted).
+    # 12·B·S²·D in all (a recomputation of S, as flash-style kernels do, is not counted). The fwd+bwd row runs
+    # the autograd path of vxlp_ops.frame_attention: frame_attention_fwd (out and LSE) and
+    # frame_attention_fwd_backward from them; the cuda backend's launch plan issues 14·B·S²·D (2 + 5 units: S is
+    # computed once more in the backward, nothing else; tests/test_frame_attention_plan.py).
     flop = 4 * b * s * s * d * (3 if bwd else 1)
     # bytes: fwd reads q, k, v and writes out: 4·B·S·D·e; fwd+bwd also reads dO, writes dq, dk, dv: 8·B·S·D·e.
     nbytes = (8 if bwd else 4) * b * s * d * e

@@ -11,6 +11,10 @@ TORCH_LIBRARY(vxlp_ops, m) {
   m.def(
       "frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, float? scale=None)"
       " -> (Tensor, Tensor, Tensor)");
+  m.def("frame_attention_fwd(Tensor q, Tensor k, Tensor v, float? scale=None) -> (Tensor, Tensor)");
+  m.def(
+      "frame_attention_fwd_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+      " float? scale=None) -> (Tensor, Tensor, Tensor)");
   m.def(
       "temporal_attention(Tensor q, Tensor k, Tensor v, Tensor rel_k, Tensor rel_v,"
       " bool transposed_rel_k=False) -> Tensor");

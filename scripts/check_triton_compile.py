@@ -205,8 +205,11 @@ def _cases(op: str, dtype: torch.dtype):
     if op == "frame_attention":
         for d in (64, 1152):
             q, k, v, go = t(2, 96, d), t(2, 96, d), t(2, 96, d), t(2, 96, d)
+            o, lse = t(2, 96, d), torch.zeros(2, 96)
             yield f"frame_attention fwd D={d} {dn}", FA, lambda q=q, k=k, v=v: FA.forward(q, k, v)
-            yield f"frame_attention bwd D={d} {dn}", FA, lambda q=q, k=k, v=v, go=go: FA.backward(go, q, k, v)
+            yield f"frame_attention fwd+lse D={d} {dn}", FA, lambda q=q, k=k, v=v: FA.forward_lse(q, k, v)
+            yield (f"frame_attention bwd D={d} {dn}", FA,
+                   lambda q=q, k=k, v=v, go=go, o=o, lse=lse: FA.backward_lse(go, q, k, v, o, lse))
     elif op == "temporal_attention":
         q = t(8, 4, 1152)
         rk = t(9, 1152)

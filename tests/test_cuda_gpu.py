@@ -132,6 +132,51 @@ def test_frame_attention_explicit_scale():
     _run_frame_attention((2, 33, 72), BF16, scale=0.37)
 
 
+# the paired forward (out, lse) and the backward from them; (40, 2048, 8): the [S, S] workspaces of 40 rows exceed
+# the 1 GiB bound in float32, so the batch runs in two chunks (csrc/cuda/frame_attention_plan.h)
+FA_PAIRED_SHAPES = [(2, 1, 8), (3, 7, 72), (2, 129, 320), (1, 577, 8), (2, 129, 1152), FA_DTS, (40, 2048, 8)]
+
+
+def _run_frame_attention_fwd(shape, dtype, scale=None):
+    q, k, v, go = (rnd(*shape, dtype=dtype) for _ in range(4))
+    assert_cuda_selected("frame_attention_fwd", (q, k, v, scale))
+    ops = torch.ops.vxlp_ops
+    with vxlp_ops.use_backend("cuda"):
+        out, lse = vxlp_ops.frame_attention_fwd(q, k, v, scale)
+        grads = ops.frame_attention_fwd_backward(go, q, k, v, out, lse, scale)
+        plain = vxlp_ops.frame_attention(q, k, v, scale)
+    tag = f"frame_attention_fwd {dn(dtype)} {shape}"
+    want, want_lse = ref.frame_attention_fwd(*d64(q, k, v), scale)
+    assert out.dtype == dtype and lse.dtype == F32 and lse.shape == shape[:2]
+    check(tag + " out", out, want, dtype)
+    assert torch.equal(plain, out), tag + ": frame_attention and frame_attention_fwd differ"
+    err = (lse.cpu().double() - want_lse).abs().max().item()
+    assert err < 1e-4, f"{tag} lse: max abs error {err:.3g}"
+    # the gradient of the attention at these inputs (the saved out / lse feed the kernels, the reference is exact)
+    for nm, g, w in zip(("dq", "dk", "dv"), grads, ref.frame_attention_backward(*d64(go, q, k, v), scale)):
+        assert g.dtype == dtype
+        check(f"{tag} {nm}", g, w, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dn)
+@pytest.mark.parametrize("shape", FA_PAIRED_SHAPES, ids=str)
+def test_frame_attention_fwd_and_backward_from_saved(shape, dtype):
+    need("frame_attention_fwd")
+    _run_frame_attention_fwd(shape, dtype, scale=0.37 if shape == (3, 7, 72) else None)
+
+
+def test_frame_attention_fwd_deterministic():
+    need("frame_attention_fwd")
+    q, k, v, go = (rnd(2, 129, 72, dtype=BF16) for _ in range(4))
+    runs = []
+    with vxlp_ops.use_backend("cuda"):
+        for _ in range(2):
+            out, lse = vxlp_ops.frame_attention_fwd(q, k, v)
+            runs.append((out, lse, *torch.ops.vxlp_ops.frame_attention_fwd_backward(go, q, k, v, out, lse, None)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b), "frame_attention_fwd: two runs on the same input differ"
+
+
 # ---------------------------------------------------------------------------------------------- temporal_attention
 TA_SHAPES = [(5, 1, 8, 2), (7, 3, 72, 64), (9, 4, 72, 3), (3, 4, 1152, 64), (4, 13, 40, 2), (2, 64, 24, 64)]
 TA_DTS = (2 * 24 * 24, 4, 1152, 64)  # N = G·H·W positions, T = 4, D = 1152, R = 64

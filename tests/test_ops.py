@@ -122,6 +122,109 @@ def test_frame_attention_wide_head_and_noncontiguous():
     assert_close_rel(vxlp_ops.frame_attention(qt, kt, vt), o_frame_attention(qt, kt, vt), F32)
 
 
+# ---------------- frame_attention_fwd: the paired forward (out, log-sum-exp) and its backward from them
+
+
+def o_lse(q, k, v, scale=None):
+    """float64 log-sum-exp of each query row's scaled logits (independent of vxlp_ops)."""
+    q, k = q.to(F64), k.to(F64)
+    sc = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    w = torch.einsum("bid,bjd->bij", q, k) * sc
+    m = w.max(-1, keepdim=True).values
+    return (m + (w - m).exp().sum(-1, keepdim=True).log()).squeeze(-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dname)
+@pytest.mark.parametrize("b,s,d,scale", [(1, 1, 5, None), (3, 7, 24, 0.3), (2, 33, 72, None)])
+def test_frame_attention_fwd_out_and_lse(b, s, d, scale, dtype):
+    q, k, v = (rnd(b, s, d, dtype=dtype, scale=2.0) for _ in range(3))
+    out, lse = vxlp_ops.frame_attention_fwd(q, k, v, scale)
+    assert_basic(out, (b, s, d), dtype)
+    assert_basic(lse, (b, s), F64 if dtype == F64 else F32)
+    assert_close_rel(out, o_frame_attention(q, k, v, scale), dtype)
+    assert torch.equal(out, vxlp_ops.frame_attention(q, k, v, scale))  # the same results as the public op
+    err = (lse.to(F64) - o_lse(q, k, v, scale)).abs().max().item()
+    assert err < (1e-10 if dtype == F64 else 1e-4), f"lse max abs error {err:.3g}"
+
+
+def test_gradcheck_frame_attention_fwd():
+    q, k, v = (rnd(2, 3, 4, dtype=F64).requires_grad_() for _ in range(3))
+    _gradcheck(lambda a, b_, c: vxlp_ops.frame_attention_fwd(a, b_, c, 0.7)[0], (q, k, v))
+    assert not vxlp_ops.frame_attention_fwd(q, k, v)[1].requires_grad  # the LSE carries no gradient
+
+
+def test_frame_attention_fwd_backward_uses_the_given_lse():
+    """The backward rebuilds P from the lse it is given (no softmax of its own): lse + log 2 halves P, so dv
+    halves exactly; and dq, dk equal the oracle gradients with the true lse."""
+    q, k, v, go = (rnd(2, 9, 16, dtype=F64) for _ in range(4))
+    out, lse = OPS.frame_attention_fwd(q, k, v, None)
+    dq, dk, dv = OPS.frame_attention_fwd_backward(go, q, k, v, out, lse, None)
+    _, _, dv2 = OPS.frame_attention_fwd_backward(go, q, k, v, out, lse + math.log(2.0), None)
+    torch.testing.assert_close(dv2, dv / 2, rtol=1e-12, atol=1e-12)
+    ql, kl, vl = (leaf(t, F64) for t in (q, k, v))
+    want = grads_of(o_frame_attention(ql, kl, vl), (ql, kl, vl), [go])
+    for name, g, w in zip("qkv", (dq, dk, dv), want):
+        assert rel_l2(g, w) < 1e-10, name
+
+
+def test_frame_attention_autograd_saves_out_and_lse():
+    """The gradient of the public op runs the paired forward and the backward from (out, lse): neither the
+    recomputing frame_attention_backward nor a second forward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = (rnd(2, 7, 8).requires_grad_() for _ in range(3))
+    with Log() as log:
+        out = vxlp_ops.frame_attention(q, k, v)
+        torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    mine = [n for n in log.ops if n.startswith("vxlp_ops::")]
+    assert mine == ["vxlp_ops::frame_attention_fwd", "vxlp_ops::frame_attention_fwd_backward"], mine
+    with Log() as log, torch.no_grad():
+        vxlp_ops.frame_attention(q, k, v)
+    assert [n for n in log.ops if n.startswith("vxlp_ops::")] == ["vxlp_ops::frame_attention"]
+
+
+def _fa_bwd_args(**over):
+    q, k, v, go = (rnd(2, 5, 8) for _ in range(4))
+    out, lse = OPS.frame_attention_fwd(q, k, v, None)
+    args = dict(grad_out=go, q=q, k=k, v=v, out=out, lse=lse, scale=None)
+    args.update(over)
+    return tuple(args.values())
+
+
+@pytest.mark.parametrize(
+    "over,exc,match",
+    [
+        (dict(out=rnd(2, 5, 9)), ValueError, r"^out must have shape \[B, S, D\]"),
+        (dict(grad_out=rnd(2, 4, 8)), ValueError, r"^grad_out must have shape \[B, S, D\]"),
+        (dict(out=rnd(2, 5, 8, dtype=BF16)), TypeError, r"^out has dtype"),
+        (dict(lse=rnd(2, 6)), ValueError, r"^lse must have shape \[B, S\]"),
+        (dict(lse=rnd(2, 5, 1)), ValueError, r"^lse must have shape \[B, S\]"),
+        (dict(lse=rnd(2, 5, dtype=F64)), TypeError, r"^lse must have dtype in \(float32\)"),
+        (dict(scale=float("nan")), ValueError, r"^scale must be finite"),
+    ],
+    ids=["out_D", "grad_out_S", "out_dtype", "lse_S", "lse_ndim", "lse_dtype", "scale_nan"],
+)
+def test_frame_attention_fwd_backward_bad_arguments(over, exc, match):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = _fa_bwd_args(**over)
+    with pytest.raises(exc, match=match):
+        OPS.frame_attention_fwd_backward(*args)
+    with FakeTensorMode() as mode:  # the fake kernel checks the same (torch.compile reports it at trace time)
+        fargs = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(exc, match=match):
+            OPS.frame_attention_fwd_backward(*fargs)
+
+
 TA_SHAPES = list(itertools.product([1, 6], [1, 2, 4, 9], [8, 40], [1, 2, 64]))
 
 
@@ -453,6 +556,10 @@ OPCHECK_CASES = {
         lambda: (_rg(2, 5, 8), _rg(2, 5, 8), _rg(2, 5, 8), None),
         lambda: (rnd(1, 3, 4, dtype=F64), rnd(1, 3, 4, dtype=F64), rnd(1, 3, 4, dtype=F64), 0.25),
     ],
+    "frame_attention_fwd": [
+        lambda: (_rg(2, 5, 8), _rg(2, 5, 8), _rg(2, 5, 8), None),
+        lambda: (rnd(1, 3, 4, dtype=F64).requires_grad_(), rnd(1, 3, 4, dtype=F64), rnd(1, 3, 4, dtype=F64), 0.25),
+    ],
     "temporal_attention": [
         lambda: (_rg(3, 4, 8), _rg(3, 4, 8), _rg(3, 4, 8), _rg(3, 8), _rg(3, 8), False),
         lambda: (_rg(2, 5, 8), _rg(2, 5, 8), _rg(2, 5, 8), _rg(5, 8), _rg(5, 8), True),
@@ -499,10 +606,20 @@ def _idx():
     return torch.tensor([[0, 2, 5], [1, 3, 6]])
 
 
+def _fa_saved(grad_out, q, k, v, scale):
+    """``frame_attention_fwd_backward`` arguments: the forward's ``out`` and ``lse`` of these inputs."""
+    out, lse = OPS.frame_attention_fwd(q, k, v, scale)
+    return grad_out, q, k, v, out, lse, scale
+
+
 BACKWARD_OPCHECK_CASES = {
     "frame_attention_backward": [
         lambda: (rnd(2, 5, 8), rnd(2, 5, 8), rnd(2, 5, 8), rnd(2, 5, 8), None),
         lambda: (rnd(1, 3, 4, dtype=F64), rnd(1, 3, 4, dtype=F64), rnd(1, 3, 4, dtype=F64), rnd(1, 3, 4, dtype=F64), 0.5),
+    ],
+    "frame_attention_fwd_backward": [
+        lambda: _fa_saved(rnd(2, 5, 8), rnd(2, 5, 8), rnd(2, 5, 8), rnd(2, 5, 8), None),
+        lambda: _fa_saved(*(rnd(1, 3, 4, dtype=F64) for _ in range(4)), 0.5),
     ],
     "temporal_attention_backward": [
         lambda: (rnd(3, 4, 8), rnd(3, 4, 8), rnd(3, 4, 8), rnd(3, 4, 8), rnd(3, 8), rnd(3, 8), False),
@@ -571,6 +688,8 @@ def dynamo_reset():
 
 COMPILE_CASES = {
     "frame_attention": (lambda q, k, v: vxlp_ops.frame_attention(q, k, v), lambda: [rnd(2, 5, 8) for _ in range(3)]),
+    "frame_attention_fwd": (lambda q, k, v: vxlp_ops.frame_attention_fwd(q, k, v, 0.4),
+                            lambda: [rnd(2, 5, 8) for _ in range(3)]),
     "temporal_attention": (
         lambda q, k, v, rk, rv: vxlp_ops.temporal_attention(q, k, v, rk, rv, False),
         lambda: [rnd(3, 5, 8) for _ in range(3)] + [rnd(3, 8), rnd(3, 8)],
@@ -1177,6 +1296,17 @@ def test_use_backend_cuda_raises_no_backend_error():
     assert line and len(line[0].split(":", 1)[1].strip()) > 10, f"no reason given: {msg!r}"
     assert dispatch.forced_backend() is None  # restored
     assert isinstance(err.value, RuntimeError)
+
+
+def test_paired_op_follows_the_public_ops_order():
+    """frame_attention_fwd picks the backend frame_attention would pick: it uses the order configured for it."""
+    assert dispatch.priority("frame_attention_fwd") == dispatch.PRIORITY
+    with dispatch.use_priority("frame_attention", ("triton", "reference")):
+        assert dispatch.priority("frame_attention_fwd") == ("triton", "reference")
+        with dispatch.use_priority("frame_attention_fwd", ("reference",)):  # its own order wins
+            assert dispatch.priority("frame_attention_fwd") == ("reference",)
+    assert dispatch.priority("frame_attention_fwd") == dispatch.PRIORITY
+    assert dispatch.has_impl("frame_attention_fwd", "reference") and not dispatch.has_impl("frame_attention_fwd", "x")
 
 
 def test_use_backend_restores_after_exception():

@@ -12,7 +12,7 @@ import torch
 import vxlp_ops
 import vxlp_ops.info
 from vxlp_ops import _ext, dispatch
-from vxlp_ops._schemas import FUSED_OPS, PUBLIC_OPS, SCHEMAS
+from vxlp_ops._schemas import FUSED_OPS, PAIRED_OPS, PUBLIC_OPS, SCHEMAS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(vxlp_ops.__file__)))
 
@@ -41,12 +41,18 @@ def test_public_ops_are_the_six_of_the_contract():
     assert set(PUBLIC_OPS) <= set(SCHEMAS)
     for name in PUBLIC_OPS:
         assert callable(getattr(vxlp_ops, name)) and name in vxlp_ops.__all__
-    # every other schema is the backward op of a public op, or an inference-only fused DTS block
+    # every other schema is an inference-only fused DTS block, a paired form of a public op (same inputs, more
+    # outputs) or the backward op of one of those
     assert FUSED_OPS == ("dts_spatial_block", "dts_temporal_block")
     for name in FUSED_OPS:
         assert name in SCHEMAS and callable(getattr(vxlp_ops, name)) and name in vxlp_ops.__all__
-    for name in set(SCHEMAS) - set(PUBLIC_OPS) - set(FUSED_OPS):
-        assert name.endswith("_backward") and name[: -len("_backward")] in PUBLIC_OPS, name
+    assert set(PAIRED_OPS.values()) <= set(PUBLIC_OPS)
+    forms = set(PUBLIC_OPS) | set(PAIRED_OPS)
+    for name in set(SCHEMAS) - forms - set(FUSED_OPS):
+        assert name.endswith("_backward") and name[: -len("_backward")] in forms, name
+    for name, public in PAIRED_OPS.items():
+        assert SCHEMAS[name].split("->")[0].replace(name, public, 1) == SCHEMAS[public].split("->")[0], name
+        assert callable(getattr(vxlp_ops, name)) and name in vxlp_ops.__all__
 
 
 @pytest.mark.parametrize("name", list(SCHEMAS))
@@ -64,7 +70,11 @@ def test_cpu_and_fake_kernels_registered(name):
     assert torch._library.simple_registry.singleton.find(qual).fake_impl.kernel is not None, f"{qual} has no fake"
 
 
-@pytest.mark.parametrize("name", ["frame_attention", "temporal_attention", "temporal_merge_conv3d", "sgm_scores", "query_topk_gather"])
+@pytest.mark.parametrize(
+    "name",
+    ["frame_attention", "frame_attention_fwd", "temporal_attention", "temporal_merge_conv3d", "sgm_scores",
+     "query_topk_gather"],
+)
 def test_autograd_registered(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vxlp_ops::{name}", "Autograd")
 

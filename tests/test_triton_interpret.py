@@ -189,6 +189,35 @@ def test_frame_attention(b, s, d, dtype, scale):
         check(g, rg, dtype, "d" + name, TOL_MMA)
 
 
+@pytest.mark.parametrize(
+    "b,s,d,dtype",
+    [(2, 37, 24, torch.float32), (1, 13, 72, torch.bfloat16), (2, 19, 48, torch.float16)],
+)
+def test_frame_attention_fwd_lse_and_backward_from_it(b, s, d, dtype):
+    """The paired op: out and the log-sum-exp from one forward kernel; the backward from (out, lse); and the
+    inputs-only frame_attention_backward (forward with the LSE, then the same backward)."""
+    q, k, v = (rnd(b, s, d, dtype=dtype).detach() for _ in range(3))
+    go = torch.randn(b, s, d).to(dtype)
+    ops = torch.ops.vxlp_ops
+    with vxlp_ops.use_backend("triton"):
+        assert dispatch.select("frame_attention_fwd", (q, k, v, None))[0] == "triton"
+        out, lse = ops.frame_attention_fwd(q, k, v, None)
+        grads = ops.frame_attention_fwd_backward(go, q, k, v, out, lse, None)
+        grads_inputs_only = ops.frame_attention_backward(go, q, k, v, None)
+    ql, kl, vl = leaves(q, k, v)
+    scale = d**-0.5
+    ref = f64_frame_attention(ql, kl, vl, scale)
+    check(out, ref, dtype, "out", TOL_MMA)
+    want_lse = torch.logsumexp(torch.einsum("bid,bjd->bij", ql, kl).detach() * scale, -1)
+    assert lse.dtype == torch.float32 and lse.shape == (b, s)
+    assert (lse.double() - want_lse).abs().max() < 1e-4
+    want = torch.autograd.grad(ref, (ql, kl, vl), go.double())
+    for name, g, g2, rg in zip("qkv", grads, grads_inputs_only, want):
+        assert g.dtype == dtype
+        check(g, rg, dtype, "d" + name, TOL_MMA)
+        check(g2, rg, dtype, "d" + name + " (frame_attention_backward)", TOL_MMA)
+
+
 def test_frame_attention_noncontiguous():
     b, s, d = 2, 13, 40
     q = torch.randn(s, b, d).transpose(0, 1)

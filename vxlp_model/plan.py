@@ -25,8 +25,9 @@ Components (each phase's peak is their sum; the plan's peak is the largest phase
   stage 1 beside the features, their grouped copy and the block input (``3·e·b``): GroupNorm's float32 copies
   (``4e·[b≠4] + 12e``), the spatial block's h, q, k, v, output (``5·e·b``), the temporal block's h, qkv, its
   permuted copy, the contiguous q/k/v and output (``8·e·b``), the merge convolution (the kernel's ``27·C²·b``
-  weight copy). The reference ops (CPU) add their float32 copies, the ``[n, S, S]`` attention matrices and
-  oneDNN's buffers.
+  weight copy). The CUDA frame_attention adds its ``[n, S, S]`` score workspace (float32 scores and P:
+  ``n·S·⌈S⌉₈·(4 + b)``, at most 1 GiB of whole frames, ``vxlp_ops._cuda.frame_attention_workspace_bytes``). The
+  reference ops (CPU) add their float32 copies, the ``[n, S, S]`` attention matrices and oneDNN's buffers.
 - ``selector`` (select): ``splice_video`` keeps its loop locals, so all of these are alive together: the three
   prompt tensors and the compacted ids / types / masks (``43·L``), the time rows embedded for every group and
   their padded per-group copy (``2·R·d·b`` — the largest term per frame once the tokens are offloaded), positions
@@ -251,6 +252,10 @@ def _chunk_terms(geo: Geometry, s: Settings, b: int, n: int) -> dict[str, float]
         fa = max(2 * f32(e) + 2 * att, 2 * att + f32(e) + 4 * e, att + 4 * e + (e * b if b != 4 else 0))
     else:
         fa = e * b + (4 * e if s.ops == "triton" and b != 4 else 0)
+        if s.ops == "cuda":  # the kernels' [S, S] score / probability workspace
+            from vxlp_ops._cuda import frame_attention_workspace_bytes  # noqa: PLC0415  (imports torch)
+
+            fa += frame_attention_workspace_bytes(n, sd, b)
     # SpatialAttention.forward keeps h, q, k, v and the attention output until it returns
     steps["dts_spatial"] = held + 4 * e * b + max(fa, 3 * e * b)
     # TemporalAttention: h, qkv permuted copy (3), contiguous q, k, v (3) and the op's output / reference temporaries

@@ -22,7 +22,7 @@ here and why not. Importing never fails because a backend is missing.
 from . import _ext, dispatch
 from .dispatch import NoBackendError, set_backend, use_backend
 from .dts_block import dts_spatial_block, dts_temporal_block
-from .frame_attention import frame_attention
+from .frame_attention import frame_attention, frame_attention_fwd
 from .query_topk_gather import query_topk_gather
 from .sgm_mask import sgm_mask
 from .sgm_scores import sgm_scores
@@ -41,6 +41,7 @@ __all__ = [
     "query_topk_gather",
     "dts_spatial_block",
     "dts_temporal_block",
+    "frame_attention_fwd",
     "dispatch",
     "set_backend",
     "use_backend",

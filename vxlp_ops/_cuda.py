@@ -82,8 +82,36 @@ def _fa_backward(grad_out, q, k, v, scale=None):
     return tuple(_ops.cuda_frame_attention_backward(_c(grad_out), _c(q), _c(k), _c(v), scale))
 
 
+def _fa_fwd_forward(q, k, v, scale=None):
+    return tuple(_ops.cuda_frame_attention_fwd(_c(q), _c(k), _c(v), scale))
+
+
+def _fa_fwd_backward(grad_out, q, k, v, out, lse, scale=None):
+    return tuple(_ops.cuda_frame_attention_fwd_backward(_c(grad_out), _c(q), _c(k), _c(v), _c(out), _c(lse), scale))
+
+
+FA_MAX_S = 16384  # csrc/cuda/frame_attention_plan.h kMaxS
+FA_WORKSPACE = 1 << 30  # csrc/cuda/frame_attention_plan.h kDefaultWorkspace
+
+
+def frame_attention_workspace_bytes(b: int, s: int, elem_bytes: int, backward: bool = False) -> int:
+    """Device bytes of the CUDA frame_attention's [S, S] workspace for ``[B, S, D]`` inputs of ``elem_bytes``-byte
+    elements (the forward: float32 scores + P; the backward from (out, lse): P and dS), allocated once per call:
+    as many batch rows as fit 1 GiB (at least one), rows padded to a multiple of 8. The same numbers as
+    ``make_plan`` of csrc/cuda/frame_attention_plan.h (tests/test_frame_attention_plan.py checks it)."""
+    pitch = -(-s // 8) * 8
+    per_row = s * pitch * (2 * elem_bytes if backward else 4 + elem_bytes)
+    return min(max(1, FA_WORKSPACE // per_row), b, 65535) * per_row
+
+
 def _fa_reasons(q, k, v, scale=None):
-    return _common(q, k, v)
+    reasons = _common(q, k, v)
+    if isinstance(q, torch.Tensor) and q.dim() == 3 and q.shape[1] > FA_MAX_S:
+        reasons.append(
+            f"cuda frame_attention materialises an [S, S] score workspace per batch row: needs S <= {FA_MAX_S}, "
+            f"got {q.shape[1]}"
+        )
+    return reasons
 
 
 # ------------------------------------------------------------------------------------------------ temporal_attention
@@ -186,6 +214,7 @@ def _qtg_reasons(visual, query, k, inject_scores=True):
 
 _TABLE = {
     "frame_attention": (_fa_forward, _fa_backward, _fa_reasons),
+    "frame_attention_fwd": (_fa_fwd_forward, _fa_fwd_backward, _fa_reasons),
     "temporal_attention": (_ta_forward, _ta_backward, _ta_reasons),
     "temporal_merge_conv3d": (_conv_forward, _conv_backward, _conv_reasons),
     "sgm_scores": (_sgm_forward, _sgm_backward, _sgm_reasons),

@@ -19,6 +19,8 @@ def register_op(
     setup_context: Callable | None = None,
     backward: Callable | None = None,
     backward_forward_args: Callable | None = None,
+    backward_check: Callable | None = None,
+    autograd_kernel: Callable | None = None,
 ) -> None:
     """Register the CPU/CUDA kernels (dispatching over backends), the fake kernels and the autograd formula.
 
@@ -26,6 +28,11 @@ def register_op(
     before every backend and in the fake kernel. ``backward_fake`` is the fake kernel of ``{name}_backward``;
     an op with a backward also gives ``backward_forward_args(*backward_args) -> forward_args`` (schema order
     both), which the dispatcher uses to choose the backward's backend on the forward arguments.
+    ``backward_check(*backward_args)``, if given, validates the backward's own extra arguments (real and fake).
+
+    ``autograd_kernel(keyset, *args)`` replaces the formula of ``backward`` / ``setup_context``: a kernel for the
+    Autograd key (``with_keyset``), for an op whose gradient runs through a paired op (``frame_attention``
+    through ``frame_attention_fwd``, which also returns what the backward needs).
     """
     if backward_fake is not None and backward_forward_args is None:
         raise TypeError(f"register_op({name!r}): an op with a backward must give backward_forward_args")
@@ -48,16 +55,29 @@ def register_op(
     if backward_fake is not None:
 
         def backward_kernel(*args, **kwargs):
-            return _contiguous(dispatch.call_backward(name, fill_backward(args, kwargs)))
+            args = fill_backward(args, kwargs)
+            if backward_check is not None:
+                backward_check(*args)
+            return _contiguous(dispatch.call_backward(name, args))
 
         def backward_fake_kernel(*args, **kwargs):
-            return backward_fake(*fill_backward(args, kwargs))
+            args = fill_backward(args, kwargs)
+            if backward_check is not None:
+                backward_check(*args)
+            return backward_fake(*args)
 
         dispatch.set_backward_forward_args(name, backward_forward_args)
         torch.library.impl(f"{qual}_backward", ("CPU", "CUDA"), backward_kernel)
         torch.library.register_fake(f"{qual}_backward")(backward_fake_kernel)
+    if autograd_kernel is not None:
+        if backward is not None:
+            raise TypeError(f"register_op({name!r}): give backward/setup_context or autograd_kernel, not both")
+        _AUTOGRAD_LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
     if backward is not None:
         torch.library.register_autograd(qual, backward, setup_context=setup_context)
+
+
+_AUTOGRAD_LIB = torch.library.Library("vxlp_ops", "IMPL")  # holds the custom Autograd kernels (autograd_kernel)
 
 
 def _default_filler(name: str):

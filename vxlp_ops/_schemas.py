@@ -9,6 +9,10 @@ The six public ops come first; each ``*_backward`` op is the gradient of the op 
 autograd), built from the six. Backward
 ops take the forward inputs (and for ``query_topk_gather`` the chosen ``indices``) and recompute what they
 need, so every backend is free to save or recompute its own intermediates.
+
+``frame_attention_fwd`` is the paired form of ``frame_attention`` (PAIRED_OPS): it also returns the log-sum-exp of
+each query row, and its backward ``frame_attention_fwd_backward`` takes the forward's ``out`` and ``lse`` instead
+of recomputing them. The autograd formula of ``frame_attention`` runs through it.
 """
 
 PUBLIC_OPS = (
@@ -25,11 +29,19 @@ FUSED_OPS = (
     "dts_temporal_block",
 )
 
+# op -> the public op it is a form of (same inputs, same results, more outputs)
+PAIRED_OPS = {"frame_attention_fwd": "frame_attention"}
+
 SCHEMAS = {
     "frame_attention": "frame_attention(Tensor q, Tensor k, Tensor v, float? scale=None) -> Tensor",
     "frame_attention_backward": (
         "frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, float? scale=None)"
         " -> (Tensor, Tensor, Tensor)"
+    ),
+    "frame_attention_fwd": "frame_attention_fwd(Tensor q, Tensor k, Tensor v, float? scale=None) -> (Tensor, Tensor)",
+    "frame_attention_fwd_backward": (
+        "frame_attention_fwd_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+        " float? scale=None) -> (Tensor, Tensor, Tensor)"
     ),
     "temporal_attention": (
         "temporal_attention(Tensor q, Tensor k, Tensor v, Tensor rel_k, Tensor rel_v,"

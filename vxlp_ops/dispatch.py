@@ -56,6 +56,7 @@ _IMPLS: dict[str, dict[str, Impl]] = {}
 _UNAVAILABLE: dict[str, str] = {}  # backend -> why it is absent on this machine (set by its loader)
 _OPTIONAL_OPS: dict[str, tuple[str, ...]] = {}  # optional backend -> the ops it can serve (set by its loader)
 _ORDER: dict[str, tuple[str, ...]] = {}  # op -> configured automatic order (set_priority / tune)
+_FOLLOWS: dict[str, str] = {}  # op -> the op whose configured order it uses (follow_priority)
 
 
 def _parse_backend(value: str | None) -> str | None:
@@ -94,8 +95,21 @@ def backends_for(op: str) -> tuple[str, ...]:
 
 
 def priority(op: str) -> tuple[str, ...]:
-    """The order in which automatic dispatch tries ``op``'s backends (:func:`set_priority`, :func:`tune`)."""
-    return _ORDER.get(op, PRIORITY)
+    """The order in which automatic dispatch tries ``op``'s backends (:func:`set_priority`, :func:`tune`).
+
+    An op that follows another (:func:`follow_priority`) uses that op's order unless it has its own."""
+    return _ORDER.get(op, _ORDER.get(_FOLLOWS.get(op, op), PRIORITY))
+
+
+def follow_priority(op: str, of: str) -> None:
+    """Make ``op`` use the automatic order configured for ``of`` (a paired form of one public op, such as
+    ``frame_attention_fwd`` of ``frame_attention``, then picks the backend that op would pick)."""
+    _FOLLOWS[op] = of
+
+
+def has_impl(op: str, backend: str) -> bool:
+    """Whether ``backend`` registered an implementation of ``op`` (whatever the arguments)."""
+    return backend in _IMPLS.get(op, {})
 
 
 def set_priority(op: str, order=None) -> None:

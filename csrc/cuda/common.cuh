@@ -184,6 +184,9 @@ template <typename T, int MT, int NT, bool A_KMAJOR, bool B_NMAJOR>
 __device__ __forceinline__ void warp_fma_k16(float (&acc)[MT][NT][4], const T* sA, int lda, int m0, const T* sB,
                                              int ldb, int n0, int k0) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#if defined(VXLP_EMULATE)
+  vxlp_emu::count_mma(MT * NT);  // the work of MT·NT m16n8k16 products
+#endif
 #pragma unroll 4
   for (int kk = 0; kk < 16; ++kk) {
     const int k = k0 + kk;

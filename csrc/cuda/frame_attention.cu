@@ -1,376 +1,219 @@
-// frame_attention (OPS.md op 1): softmax(q kᵀ · scale) v per batch row, q, k, v [B, S, D], D up to any size.
+// frame_attention (OPS.md op 1): softmax(q kᵀ · scale) v per batch row, q, k, v [B, S, D], any D; and the paired
+// forward (out and the log-sum-exp) and the backward from the saved out and LSE.
 //
-// Forward (fa_fwd_kernel): one block of 8 warps per (batch row, 64 query rows, 256 output columns). For each
-// tile of 64 keys: S = Q Kᵀ over the whole D in 64-wide chunks through shared memory (each warp a 16 × 32
-// block of S), online softmax in fp32 (running max / sum per row, base-2 exponentials), then O = α·O + P V for
-// the block's 256 output columns (each warp 16 rows × 128 columns, accumulators in registers). D is split
-// over blockIdx.y because a 64 × D fp32 accumulator does not fit for D = 1152; the score tile is recomputed
-// per 256-column chunk. fp16 / bf16 run on the tensor cores (mma.sync m16n8k16, fp32 accumulation, P rounded
-// to the input dtype like FlashAttention); fp32 runs the same tiles with FMAs (exact fp32).
+// Design: no recomputation of any matrix product. The frame shapes of the DTS (S = 576 or 729 tokens, D = 1152)
+// have S² < S·D, so the [S, S] score / probability tile of each batch row is cheaper to keep in global memory
+// (a workspace, B·S² elements, padded rows) than to recompute, and every product runs as one GEMM over its
+// whole reduction dimension:
+//   forward  (2 units of B·S²·D multiply-adds):
+//     fa_scores_kernel<T, false>   Sc = Q Kᵀ · scale·log2(e) over the whole D (fp32 workspace)
+//     fa_softmax_kernel            per row: m, l, LSE2 = m + log2 l; P = exp2(Sc − LSE2) (input dtype)
+//     fa_gemm_kernel<T, false>     O = P V
+//   backward from (out, lse) (5 units):
+//     fa_delta_kernel              Δ = rowsum(dO · O), LSE2 = LSE · log2(e)
+//     fa_scores_kernel<T, true>    S = Q Kᵀ and dP = dO Vᵀ in one pass over D; P = exp2(S·c − LSE2),
+//                                  dS = P ∘ (dP − Δ), both stored in the input dtype
+//     fa_gemm_kernel<T, true>      dV = Pᵀ dO, dK = scale · dSᵀ Q (A read transposed from the workspace)
+//     fa_gemm_kernel<T, false>     dQ = scale · dS K
+// P and dS are rounded to the input dtype before the second products, as FlashAttention does. The steps, grids
+// and problem sizes come from the launch plan of frame_attention_plan.h (the host code below launches exactly
+// its steps), which the CPU build also exposes so that tests/test_ops.py pins the work per call.
 //
-// Backward (FlashAttention-2 recomputation; the op receives only grad_out, q, k, v):
-//  1. fa_fwd_kernel in "statistics" mode: LSE per row (log2 units) and partial Δ_i = Σ_d dO·O per 256-column
-//     chunk (from the fp32 output before rounding), summed over chunks on the host (deterministic);
-//  2. fa_bwd_dkdv_kernel: per (64 keys, 128 columns): over query tiles, Sᵀ = K Qᵀ and dPᵀ = V dOᵀ over the
-//     whole D, Pᵀ = exp2(Sᵀ·c − LSE), dSᵀ = Pᵀ ∘ (dPᵀ − Δ), dV += Pᵀ dO, dK += dSᵀ Q (× scale at the end);
-//  3. fa_bwd_dq_kernel: per (64 queries, 128 columns): over key tiles, the same P and dS, dQ += dS K.
-// No atomics anywhere: every output element is written by one thread, so results are deterministic.
+// Workspace: the batch runs in chunks whose workspace fits fa_plan::kDefaultWorkspace (1 GiB; at least one
+// batch row per chunk); rows have a pitch of round_up(S, 8) elements with zeros past S, so that the GEMMs read
+// 16-byte vectors and reduce over the padding harmlessly. S is limited to fa_plan::kMaxS (the cuda backend
+// refuses larger S with that reason; dispatch then takes the Triton flash-attention kernels, which keep
+// everything on chip).
+//
+// Tiles: scores 64 × 64 per block of 8 warps (each 16 × 32), D in chunks of 64; GEMMs 64 × 128 per block (each
+// warp 32 × 32), K in chunks of 32; mma.sync m16n8k16 for fp16 / bf16 with fp32 accumulation, FMAs for fp32
+// (common.cuh). Loads are synchronous (global → shared → fragments), not yet pipelined with cp.async, and the
+// transposed A operand of dV / dK is gathered 16 bits at a time: the performance work left for a GPU session.
+// No atomics anywhere; every output element is written by one thread with a fixed reduction order, so results
+// are deterministic.
 #include <torch/library.h>
 
 #include <cmath>
 #include <initializer_list>
+#include <string>
 
 #include "common.cuh"
+#include "cuda/frame_attention_plan.h"
 
 namespace vxlp_cuda {
 namespace {
 
-constexpr int FA_THREADS = 256;  // 8 warps
-constexpr int FA_BM = 64;        // query rows per tile
-constexpr int FA_BN = 64;        // keys per tile
-constexpr int FA_DK = 64;        // D chunk of the score products
-constexpr int FA_DV = 256;       // output columns per forward block
-constexpr int FA_DC = 128;       // output columns per backward block
-constexpr int LDSF = FA_BN + 4;  // row stride of the fp32 score tile
+using fa_plan::Step;
+constexpr int FA_THREADS = fa_plan::kThreads;  // 8 warps
 constexpr double kLog2e = 1.4426950408889634;
+constexpr float kLn2 = 0.6931471805599453f;
 
 template <typename T>
-struct FaLayout {
-  static constexpr int PAD = Vec<T>::n;  // 16 bytes of padding per row: conflict-free fragment loads
-  static constexpr int LDK = FA_DK + PAD;
-  static constexpr int LDV = FA_DV + PAD;
-  static constexpr int LDP = FA_BN + PAD;
-  static constexpr int LDC = FA_DC + PAD;
-  // forward: sQ, sK [64][LDK]; sV [64][LDV]; sP [64][LDP] (T) ; sS [64][LDSF], sM, sL, sAlpha [64] (fp32)
-  static constexpr size_t fwd_bytes =
-      sizeof(T) * (2 * FA_BM * LDK + FA_BN * LDV + FA_BM * LDP) + sizeof(float) * (FA_BM * LDSF + 3 * FA_BM);
-  // backward: four [64][LDK] tiles (aliased by two [64][LDC] tiles in the second phase), two [64][LDP] tiles,
-  // two fp32 vectors [64]
-  static constexpr size_t bwd_bytes = sizeof(T) * (4 * FA_BM * LDK + 2 * FA_BM * LDP) + sizeof(float) * 2 * FA_BM;
-  static_assert(2 * LDC <= 4 * LDK, "phase-2 tiles must fit in the phase-1 region");
-  static_assert((sizeof(T) * (2 * FA_BM * LDK + FA_BN * LDV + FA_BM * LDP)) % 16 == 0, "fp32 region alignment");
-  static_assert((sizeof(T) * (4 * FA_BM * LDK + 2 * FA_BM * LDP)) % 16 == 0, "fp32 region alignment");
+struct ScoreTiles {
+  static constexpr int BM = fa_plan::kScoreBM, BN = fa_plan::kScoreBN, BK = fa_plan::kScoreBK;
+  static constexpr int LD = BK + Vec<T>::n;  // 16 bytes of padding per row: conflict-free fragment loads
+  static constexpr size_t bytes(int products) { return sizeof(T) * products * (BM + BN) * LD; }
 };
 
-// grid: x = B · ceil(S / 64), y = ceil(D / 256). out may be null (statistics mode); lse2 (log2-domain LSE,
-// [B, S]) is written by the y = 0 blocks when non-null; with dO non-null, delta_part [B, gridDim.y, S] gets
-// Σ over this block's columns of dO · O.
-template <typename T>
-__global__ void __launch_bounds__(FA_THREADS, 1) fa_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
-                                                             const T* __restrict__ v, T* __restrict__ out,
-                                                             float* __restrict__ lse2, const T* __restrict__ dO,
-                                                             float* __restrict__ delta_part, int S, int D,
-                                                             float c, bool vec) {
-  using L = FaLayout<T>;
+// grid: x = key tiles, y = query tiles, z = batch rows. Pointers start at the chunk's first batch row.
+// BWD = false: ws_s[b, i, j] = (q_i · k_j) · c (fp32, c = scale · log2 e) for i, j < S.
+// BWD = true: with s = q_i·k_j and dp = dO_i·v_j: ws_p[b, i, j] = p = exp2(s·c − lse2_i),
+// ws_ds[b, i, j] = p · (dp − delta_i), in T, zeros for S ≤ j < pitch.
+template <typename T, bool BWD>
+__global__ void __launch_bounds__(FA_THREADS, 2) fa_scores_kernel(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ dO, const T* __restrict__ v,
+    const float* __restrict__ lse2, const float* __restrict__ delta, float* __restrict__ ws_s, T* __restrict__ ws_p,
+    T* __restrict__ ws_ds, int S, int D, int pitch, float c, bool vec) {
+  using L = ScoreTiles<T>;
+  constexpr int NP = BWD ? 2 : 1;
   extern __shared__ __align__(16) unsigned char smem[];
-  T* sQ = reinterpret_cast<T*>(smem);
-  T* sK = sQ + FA_BM * L::LDK;
-  T* sV = sK + FA_BN * L::LDK;
-  T* sP = sV + FA_BN * L::LDV;
-  float* sS = reinterpret_cast<float*>(sP + FA_BM * L::LDP);
-  float* sM = sS + FA_BM * LDSF;
-  float* sL = sM + FA_BM;
-  float* sAlpha = sL + FA_BM;
-
-  const int nrt = (S + FA_BM - 1) / FA_BM;
-  const int b = blockIdx.x / nrt;
-  const int row0 = (blockIdx.x - b * nrt) * FA_BM;
-  const int dv0 = blockIdx.y * FA_DV;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
+  T* sA = reinterpret_cast<T*>(smem);  // [NP][BM][LD]: q (and dO) rows
+  T* sB = sA + NP * L::BM * L::LD;     // [NP][BN][LD]: k (and v) rows
+  const int b = blockIdx.z;
+  const int key0 = blockIdx.x * L::BN, row0 = blockIdx.y * L::BM;
   const size_t boff = static_cast<size_t>(b) * S * D;
-  q += boff;
-  k += boff;
-  v += boff;
-
-  if (tid < FA_BM) {
-    sM[tid] = -INFINITY;
-    sL[tid] = 0.f;
-  }
-  const int wr = 16 * (warp & 3);     // this warp's 16 query rows
-  const int wcS = 32 * (warp >> 2);   // its 32 keys of the score tile
-  const int wcO = 128 * (warp >> 2);  // its 128 output columns within the chunk
-  const bool pv_active = dv0 + wcO < D;
-  float accO[1][16][4];
-  zero_acc(accO);
-
-  for (int key0 = 0; key0 < S; key0 += FA_BN) {
-    float accS[1][4][4];
-    zero_acc(accS);
-    for (int d0 = 0; d0 < D; d0 += FA_DK) {
-      __syncthreads();  // previous readers of sQ / sK are done
-      load_tile<T, FA_BM, FA_DK, FA_THREADS>(sQ, L::LDK, q, D, row0, S, d0, D, vec);
-      load_tile<T, FA_BN, FA_DK, FA_THREADS>(sK, L::LDK, k, D, key0, S, d0, D, vec);
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < FA_DK; kk += 16)
-        warp_mma_k16<T, 1, 4, false, true>(accS, sQ, L::LDK, wr, sK, L::LDK, wcS, kk);
-    }
-    // scaled scores (log2 units) to shared memory; keys past S get −inf
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const int col = wcS + 8 * nt + 2 * qd;
-      const bool ok0 = key0 + col < S, ok1 = key0 + col + 1 < S;
-      sS[(wr + g) * LDSF + col] = ok0 ? accS[0][nt][0] * c : -INFINITY;
-      sS[(wr + g) * LDSF + col + 1] = ok1 ? accS[0][nt][1] * c : -INFINITY;
-      sS[(wr + g + 8) * LDSF + col] = ok0 ? accS[0][nt][2] * c : -INFINITY;
-      sS[(wr + g + 8) * LDSF + col + 1] = ok1 ? accS[0][nt][3] * c : -INFINITY;
-    }
-    load_tile<T, FA_BN, FA_DV, FA_THREADS>(sV, L::LDV, v, D, key0, S, dv0, D, vec);
-    __syncthreads();
-    // online softmax: warp w updates rows 8w .. 8w+7 (each key tile has at least one valid key)
-#pragma unroll 1
-    for (int rr = 0; rr < 8; ++rr) {
-      const int r = 8 * warp + rr;
-      const float m_old = sM[r];
-      const float s0 = sS[r * LDSF + lane], s1 = sS[r * LDSF + lane + 32];
-      const float m_new = fmaxf(m_old, warp_max(fmaxf(s0, s1)));
-      const float p0 = exp2f(s0 - m_new), p1 = exp2f(s1 - m_new);
-      const float sum = warp_sum(p0 + p1);
-      sP[r * L::LDP + lane] = from_f<T>(p0);
-      sP[r * L::LDP + lane + 32] = from_f<T>(p1);
-      if (lane == 0) {
-        const float alpha = exp2f(m_old - m_new);
-        sAlpha[r] = alpha;
-        sL[r] = sL[r] * alpha + sum;
-        sM[r] = m_new;
-      }
-    }
-    __syncthreads();
-    const float a_lo = sAlpha[wr + g], a_hi = sAlpha[wr + g + 8];
-#pragma unroll
-    for (int nt = 0; nt < 16; ++nt) {
-      accO[0][nt][0] *= a_lo;
-      accO[0][nt][1] *= a_lo;
-      accO[0][nt][2] *= a_hi;
-      accO[0][nt][3] *= a_hi;
-    }
-    if (pv_active) {
-#pragma unroll
-      for (int kk = 0; kk < FA_BN; kk += 16)
-        warp_mma_k16<T, 1, 16, false, false>(accO, sP, L::LDP, wr, sV, L::LDV, wcO, kk);
-    }
-    // the next tile's first __syncthreads() orders these reads before sP / sV are rewritten
-  }
-
-  // epilogue (sM / sL were last written before a __syncthreads())
-  const float inv_lo = 1.f / sL[wr + g], inv_hi = 1.f / sL[wr + g + 8];
-  const int r_lo = row0 + wr + g, r_hi = r_lo + 8;
-  float dsum_lo = 0.f, dsum_hi = 0.f;
-#pragma unroll
-  for (int nt = 0; nt < 16; ++nt) {
-    const int col = dv0 + wcO + 8 * nt + 2 * qd;
-    const float o0 = accO[0][nt][0] * inv_lo, o1 = accO[0][nt][1] * inv_lo;
-    const float o2 = accO[0][nt][2] * inv_hi, o3 = accO[0][nt][3] * inv_hi;
-    if (out != nullptr) {
-      store_pair(out + boff, D, S, D, r_lo, col, o0, o1);
-      store_pair(out + boff, D, S, D, r_hi, col, o2, o3);
-    }
-    if (dO != nullptr) {
-      const T* go = dO + boff;
-      if (r_lo < S) {
-        if (col < D) dsum_lo += to_f(go[static_cast<size_t>(r_lo) * D + col]) * o0;
-        if (col + 1 < D) dsum_lo += to_f(go[static_cast<size_t>(r_lo) * D + col + 1]) * o1;
-      }
-      if (r_hi < S) {
-        if (col < D) dsum_hi += to_f(go[static_cast<size_t>(r_hi) * D + col]) * o2;
-        if (col + 1 < D) dsum_hi += to_f(go[static_cast<size_t>(r_hi) * D + col + 1]) * o3;
-      }
-    }
-  }
-  if (lse2 != nullptr && blockIdx.y == 0 && tid < FA_BM && row0 + tid < S)
-    lse2[static_cast<size_t>(b) * S + row0 + tid] = sM[tid] + log2f(sL[tid]);
-  if (dO != nullptr) {
-    dsum_lo += __shfl_xor_sync(0xffffffffu, dsum_lo, 1);
-    dsum_lo += __shfl_xor_sync(0xffffffffu, dsum_lo, 2);
-    dsum_hi += __shfl_xor_sync(0xffffffffu, dsum_hi, 1);
-    dsum_hi += __shfl_xor_sync(0xffffffffu, dsum_hi, 2);
-    float* sRed = sS;  // [2][64]; sS is no longer read after the last tile's __syncthreads()
-    if (qd == 0) {
-      sRed[(warp >> 2) * FA_BM + wr + g] = dsum_lo;
-      sRed[(warp >> 2) * FA_BM + wr + g + 8] = dsum_hi;
-    }
-    __syncthreads();
-    if (tid < FA_BM && row0 + tid < S)
-      delta_part[(static_cast<size_t>(b) * gridDim.y + blockIdx.y) * S + row0 + tid] = sRed[tid] + sRed[FA_BM + tid];
-  }
-}
-
-// Score-tile recomputation shared by both backward kernels: acc1 = A1 B1ᵀ and acc2 = A2 B2ᵀ (64 × 64 each,
-// warp w: rows 16·(w % 4), columns 32·(w / 4)) over the whole D. A1/A2 rows start at ra, B1/B2 rows at rb.
-template <typename T>
-__device__ __forceinline__ void fa_dual_scores(float (&acc1)[1][4][4], float (&acc2)[1][4][4], T* sA1, T* sB1,
-                                               T* sA2, T* sB2, const T* a1, const T* b1, const T* a2, const T* b2,
-                                               int ra, int rb, int S, int D, bool vec) {
-  using L = FaLayout<T>;
-  const int warp = threadIdx.x >> 5;
+  const T* a_src[2] = {q + boff, BWD ? dO + boff : nullptr};
+  const T* b_src[2] = {k + boff, BWD ? v + boff : nullptr};
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, qd = lane & 3;
   const int wr = 16 * (warp & 3), wc = 32 * (warp >> 2);
-  zero_acc(acc1);
-  zero_acc(acc2);
-  for (int d0 = 0; d0 < D; d0 += FA_DK) {
-    __syncthreads();
-    load_tile<T, FA_BM, FA_DK, FA_THREADS>(sA1, L::LDK, a1, D, ra, S, d0, D, vec);
-    load_tile<T, FA_BM, FA_DK, FA_THREADS>(sB1, L::LDK, b1, D, rb, S, d0, D, vec);
-    load_tile<T, FA_BM, FA_DK, FA_THREADS>(sA2, L::LDK, a2, D, ra, S, d0, D, vec);
-    load_tile<T, FA_BM, FA_DK, FA_THREADS>(sB2, L::LDK, b2, D, rb, S, d0, D, vec);
+  float acc[NP][1][4][4];
+#pragma unroll
+  for (int p = 0; p < NP; ++p) zero_acc(acc[p]);
+  for (int d0 = 0; d0 < D; d0 += L::BK) {
+    __syncthreads();  // the previous chunk's readers are done
+#pragma unroll
+    for (int p = 0; p < NP; ++p) {
+      load_tile<T, L::BM, L::BK, FA_THREADS>(sA + p * L::BM * L::LD, L::LD, a_src[p], D, row0, S, d0, D, vec);
+      load_tile<T, L::BN, L::BK, FA_THREADS>(sB + p * L::BN * L::LD, L::LD, b_src[p], D, key0, S, d0, D, vec);
+    }
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < FA_DK; kk += 16) {
-      warp_mma_k16<T, 1, 4, false, true>(acc1, sA1, L::LDK, wr, sB1, L::LDK, wc, kk);
-      warp_mma_k16<T, 1, 4, false, true>(acc2, sA2, L::LDK, wr, sB2, L::LDK, wc, kk);
-    }
+    for (int kk = 0; kk < L::BK; kk += 16)
+#pragma unroll
+      for (int p = 0; p < NP; ++p)
+        warp_mma_k16<T, 1, 4, false, true>(acc[p], sA + p * L::BM * L::LD, L::LD, wr, sB + p * L::BN * L::LD, L::LD,
+                                           wc, kk);
   }
-  __syncthreads();  // callers overwrite the tiles next
-}
-
-// grid: x = B · ceil(S / 64) key tiles, y = ceil(D / 128) column chunks.
-template <typename T>
-__global__ void __launch_bounds__(FA_THREADS) fa_bwd_dkdv_kernel(const T* __restrict__ q, const T* __restrict__ k,
-                                                                  const T* __restrict__ v, const T* __restrict__ dO,
-                                                                  const float* __restrict__ lse2,
-                                                                  const float* __restrict__ delta, T* __restrict__ dk,
-                                                                  T* __restrict__ dv, int S, int D, float c,
-                                                                  float scale, bool vec) {
-  using L = FaLayout<T>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* sK = reinterpret_cast<T*>(smem);
-  T* sQ = sK + FA_BM * L::LDK;
-  T* sV = sQ + FA_BM * L::LDK;
-  T* sdO = sV + FA_BM * L::LDK;
-  T* sQc = sK;                    // phase 2 aliases the phase-1 region: [64][LDC]
-  T* sdOc = sQc + FA_BM * L::LDC;  // [64][LDC]
-  T* sPt = sdO + FA_BM * L::LDK;   // Pᵀ [keys][queries]
-  T* sdSt = sPt + FA_BM * L::LDP;  // dSᵀ
-  float* sLse = reinterpret_cast<float*>(sdSt + FA_BM * L::LDP);
-  float* sDelta = sLse + FA_BM;
-
-  const int nrt = (S + FA_BM - 1) / FA_BM;
-  const int b = blockIdx.x / nrt;
-  const int key0 = (blockIdx.x - b * nrt) * FA_BM;
-  const int dc0 = blockIdx.y * FA_DC;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
-  const size_t boff = static_cast<size_t>(b) * S * D;
-  q += boff;
-  k += boff;
-  v += boff;
-  dO += boff;
-  lse2 += static_cast<size_t>(b) * S;
-  delta += static_cast<size_t>(b) * S;
-
-  const int wr = 16 * (warp & 3), wcS = 32 * (warp >> 2), wcO = 64 * (warp >> 2);
-  const bool active = dc0 + wcO < D;
-  float accV[1][8][4], accK[1][8][4];
-  zero_acc(accV);
-  zero_acc(accK);
-
-  for (int q0 = 0; q0 < S; q0 += FA_BM) {
-    float accS[1][4][4], accP[1][4][4];
-    // (fa_dual_scores starts with a __syncthreads(): previous readers of sLse / sDelta are done)
-    fa_dual_scores<T>(accS, accP, sK, sQ, sV, sdO, k, q, v, dO, key0, q0, S, D, vec);
-    if (tid < FA_BM) {
-      const bool ok = q0 + tid < S;
-      sLse[tid] = ok ? lse2[q0 + tid] : 0.f;
-      sDelta[tid] = ok ? delta[q0 + tid] : 0.f;
-    }
-    load_tile<T, FA_BM, FA_DC, FA_THREADS>(sQc, L::LDC, q, D, q0, S, dc0, D, vec);
-    load_tile<T, FA_BM, FA_DC, FA_THREADS>(sdOc, L::LDC, dO, D, q0, S, dc0, D, vec);
-    __syncthreads();
+  const size_t woff = static_cast<size_t>(b) * S * pitch;
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+  for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int kr = wr + g + 8 * (e >> 1);
-        const int qc = wcS + 8 * nt + 2 * qd + (e & 1);
-        const float p = (q0 + qc < S) ? exp2f(accS[0][nt][e] * c - sLse[qc]) : 0.f;
-        const float ds = p * (accP[0][nt][e] - sDelta[qc]);
-        sPt[kr * L::LDP + qc] = from_f<T>(p);
-        sdSt[kr * L::LDP + qc] = from_f<T>(ds);
+    for (int h = 0; h < 2; ++h) {
+      const int r = row0 + wr + g + 8 * h;
+      const int col = key0 + wc + 8 * nt + 2 * qd;
+      const float s0 = acc[0][0][nt][2 * h] * c, s1 = acc[0][0][nt][2 * h + 1] * c;
+      if constexpr (!BWD) {
+        store_pair(ws_s + woff, pitch, S, S, r, col, s0, s1);
+      } else {
+        if (r < S) {
+          const float l2 = lse2[static_cast<size_t>(b) * S + r], dl = delta[static_cast<size_t>(b) * S + r];
+          const float p0 = col < S ? exp2f(s0 - l2) : 0.f, p1 = col + 1 < S ? exp2f(s1 - l2) : 0.f;
+          const float ds0 = p0 * (acc[NP - 1][0][nt][2 * h] - dl), ds1 = p1 * (acc[NP - 1][0][nt][2 * h + 1] - dl);
+          store_pair(ws_p + woff, pitch, S, pitch, r, col, p0, p1);
+          store_pair(ws_ds + woff, pitch, S, pitch, r, col, ds0, ds1);
+        }
       }
     }
-    __syncthreads();
-    if (active) {
-#pragma unroll
-      for (int kk = 0; kk < FA_BM; kk += 16) {
-        warp_mma_k16<T, 1, 8, false, false>(accV, sPt, L::LDP, wr, sdOc, L::LDC, wcO, kk);
-        warp_mma_k16<T, 1, 8, false, false>(accK, sdSt, L::LDP, wr, sQc, L::LDC, wcO, kk);
-      }
-    }
-  }
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
-    const int col = dc0 + wcO + 8 * nt + 2 * qd;
-    store_pair(dv + boff, D, S, D, key0 + wr + g, col, accV[0][nt][0], accV[0][nt][1]);
-    store_pair(dv + boff, D, S, D, key0 + wr + g + 8, col, accV[0][nt][2], accV[0][nt][3]);
-    store_pair(dk + boff, D, S, D, key0 + wr + g, col, accK[0][nt][0] * scale, accK[0][nt][1] * scale);
-    store_pair(dk + boff, D, S, D, key0 + wr + g + 8, col, accK[0][nt][2] * scale, accK[0][nt][3] * scale);
   }
 }
 
-// grid: x = B · ceil(S / 64) query tiles, y = ceil(D / 128) column chunks.
+// grid: x = blocks of 8 rows, z = batch rows; one warp per row. From the scaled scores of one row (log2 units):
+// LSE2 = m + log2 Σ_j exp2(s_j − m); ws_p[j] = exp2(s_j − LSE2) (zeros for S ≤ j < pitch); lse (natural log)
+// when non-null.
 template <typename T>
-__global__ void __launch_bounds__(FA_THREADS) fa_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict__ k,
-                                                                const T* __restrict__ v, const T* __restrict__ dO,
-                                                                const float* __restrict__ lse2,
-                                                                const float* __restrict__ delta, T* __restrict__ dq,
-                                                                int S, int D, float c, float scale, bool vec) {
-  using L = FaLayout<T>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* sQ = reinterpret_cast<T*>(smem);
-  T* sK = sQ + FA_BM * L::LDK;
-  T* sdO = sK + FA_BM * L::LDK;
-  T* sV = sdO + FA_BM * L::LDK;
-  T* sKc = sQ;                    // phase 2: [64][LDC], aliases the phase-1 region
-  T* sdS = sV + FA_BM * L::LDK;   // dS [queries][keys]
-  float* sLse = reinterpret_cast<float*>(sdS + 2 * FA_BM * L::LDP);
-  float* sDelta = sLse + FA_BM;
+__global__ void __launch_bounds__(FA_THREADS) fa_softmax_kernel(const float* __restrict__ ws_s, T* __restrict__ ws_p,
+                                                                float* __restrict__ lse, int S, int pitch) {
+  const int b = blockIdx.z;
+  const int r = blockIdx.x * fa_plan::kRowsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (r >= S) return;  // a whole warp (no block-level synchronisation in this kernel)
+  const size_t row = static_cast<size_t>(b) * S + r;
+  const float* s = ws_s + row * pitch;
+  T* p = ws_p + row * pitch;
+  float m = -INFINITY;
+  for (int j = lane; j < S; j += 32) m = fmaxf(m, s[j]);
+  m = warp_max(m);
+  float l = 0.f;
+  for (int j = lane; j < S; j += 32) l += exp2f(s[j] - m);
+  l = warp_sum(l);
+  const float l2 = m + log2f(l);
+  for (int j = lane; j < pitch; j += 32) p[j] = from_f<T>(j < S ? exp2f(s[j] - l2) : 0.f);
+  if (lse != nullptr && lane == 0) lse[row] = l2 * kLn2;
+}
 
-  const int nrt = (S + FA_BM - 1) / FA_BM;
-  const int b = blockIdx.x / nrt;
-  const int row0 = (blockIdx.x - b * nrt) * FA_BM;
-  const int dc0 = blockIdx.y * FA_DC;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
-  const size_t boff = static_cast<size_t>(b) * S * D;
-  q += boff;
-  k += boff;
-  v += boff;
-  dO += boff;
-
-  if (tid < FA_BM) {
-    const bool ok = row0 + tid < S;
-    sLse[tid] = ok ? lse2[static_cast<size_t>(b) * S + row0 + tid] : 0.f;
-    sDelta[tid] = ok ? delta[static_cast<size_t>(b) * S + row0 + tid] : 0.f;
+// grid: x = blocks of 8 rows, z = batch rows; one warp per row: delta = Σ_d dO·O (fp32, from the saved output),
+// lse2 = lse · log2(e).
+template <typename T>
+__global__ void __launch_bounds__(FA_THREADS) fa_delta_kernel(const T* __restrict__ out, const T* __restrict__ dO,
+                                                              const float* __restrict__ lse,
+                                                              float* __restrict__ delta, float* __restrict__ lse2,
+                                                              int S, int D) {
+  const int b = blockIdx.z;
+  const int r = blockIdx.x * fa_plan::kRowsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (r >= S) return;
+  const size_t row = static_cast<size_t>(b) * S + r;
+  const T* o = out + row * D;
+  const T* go = dO + row * D;
+  float acc = 0.f;
+  for (int d = lane; d < D; d += 32) acc += to_f(o[d]) * to_f(go[d]);
+  acc = warp_sum(acc);
+  if (lane == 0) {
+    delta[row] = acc;
+    lse2[row] = lse[row] * static_cast<float>(kLog2e);
   }
-  const int wr = 16 * (warp & 3), wcS = 32 * (warp >> 2), wcO = 64 * (warp >> 2);
-  const bool active = dc0 + wcO < D;
-  float accQ[1][8][4];
-  zero_acc(accQ);
+}
 
-  for (int key0 = 0; key0 < S; key0 += FA_BN) {
-    float accS[1][4][4], accP[1][4][4];
-    fa_dual_scores<T>(accS, accP, sQ, sK, sdO, sV, q, k, dO, v, row0, key0, S, D, vec);
-    load_tile<T, FA_BN, FA_DC, FA_THREADS>(sKc, L::LDC, k, D, key0, S, dc0, D, vec);
+template <typename T, bool A_KMAJOR>
+struct GemmTiles {
+  static constexpr int BM = fa_plan::kGemmBM, BN = fa_plan::kGemmBN, BK = fa_plan::kGemmBK;
+  static constexpr int PAD = Vec<T>::n;
+  static constexpr int LDA = A_KMAJOR ? BM + PAD : BK + PAD;  // sA[k][m] or sA[m][k]
+  static constexpr int A_ELEMS = A_KMAJOR ? BK * LDA : BM * LDA;
+  static constexpr int LDB = BN + PAD;  // sB[k][n]
+  static constexpr size_t bytes = sizeof(T) * (A_ELEMS + BK * LDB);
+};
+
+// C[b] (M × N, row pitch ldc) = alpha · A[b] · B[b], per batch row b = blockIdx.z (strides sa, sb, sc elements).
+// A is [M, K] row-major (row pitch lda) or, with A_KMAJOR, stored transposed as [K, M]; its contiguous dimension
+// is read up to a_ext (≥ K, resp. ≥ M; the workspace pitch, whose padding holds zeros). B is [K, N] row-major.
+// grid: x = N tiles, y = M tiles. vec_a / vec_b: 16-byte loads (a_ext, lda / N, ldb multiples of the vector).
+template <typename T, bool A_KMAJOR>
+__global__ void __launch_bounds__(FA_THREADS, 2) fa_gemm_kernel(const T* __restrict__ A, int lda, int64_t sa,
+                                                             const T* __restrict__ Bm, int ldb, int64_t sb,
+                                                             T* __restrict__ C, int ldc, int64_t sc, int M, int N,
+                                                             int K, int a_ext, float alpha, bool vec_a, bool vec_b) {
+  using L = GemmTiles<T, A_KMAJOR>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sA = reinterpret_cast<T*>(smem);
+  T* sB = sA + L::A_ELEMS;
+  const int b = blockIdx.z;
+  const int m0 = blockIdx.y * L::BM, n0 = blockIdx.x * L::BN;
+  A += b * sa;
+  Bm += b * sb;
+  C += b * sc;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, qd = lane & 3;
+  const int wm = 32 * (warp & 1), wn = 32 * (warp >> 1);  // 2 × 4 warps of 32 × 32
+  float acc[2][4][4];
+  zero_acc(acc);
+  for (int k0 = 0; k0 < K; k0 += L::BK) {
+    __syncthreads();  // the previous step's readers are done
+    if constexpr (A_KMAJOR)
+      load_tile<T, L::BK, L::BM, FA_THREADS>(sA, L::LDA, A, lda, k0, K, m0, a_ext, vec_a);
+    else
+      load_tile<T, L::BM, L::BK, FA_THREADS>(sA, L::LDA, A, lda, m0, M, k0, a_ext, vec_a);
+    load_tile<T, L::BK, L::BN, FA_THREADS>(sB, L::LDB, Bm, ldb, k0, K, n0, N, vec_b);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < L::BK; kk += 16)
+      warp_mma_k16<T, 2, 4, A_KMAJOR, false>(acc, sA, L::LDA, wm, sB, L::LDB, wn, kk);
+  }
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int qr = wr + g + 8 * (e >> 1);
-        const int kc = wcS + 8 * nt + 2 * qd + (e & 1);
-        const float p = (key0 + kc < S) ? exp2f(accS[0][nt][e] * c - sLse[qr]) : 0.f;
-        sdS[qr * L::LDP + kc] = from_f<T>(p * (accP[0][nt][e] - sDelta[qr]));
-      }
+      const int r = m0 + wm + 16 * mt + g, col = n0 + wn + 8 * nt + 2 * qd;
+      store_pair(C, ldc, M, N, r, col, acc[mt][nt][0] * alpha, acc[mt][nt][1] * alpha);
+      store_pair(C, ldc, M, N, r + 8, col, acc[mt][nt][2] * alpha, acc[mt][nt][3] * alpha);
     }
-    __syncthreads();
-    if (active) {
-#pragma unroll
-      for (int kk = 0; kk < FA_BN; kk += 16)
-        warp_mma_k16<T, 1, 8, false, false>(accQ, sdS, L::LDP, wr, sKc, L::LDC, wcO, kk);
-    }
-  }
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
-    const int col = dc0 + wcO + 8 * nt + 2 * qd;
-    store_pair(dq + boff, D, S, D, row0 + wr + g, col, accQ[0][nt][0] * scale, accQ[0][nt][1] * scale);
-    store_pair(dq + boff, D, S, D, row0 + wr + g + 8, col, accQ[0][nt][2] * scale, accQ[0][nt][3] * scale);
-  }
 }
 
 // ------------------------------------------------------------------------------------------------ host
@@ -391,68 +234,184 @@ double resolve_scale(const at::Tensor& q, std::optional<double> scale) {
   return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(2)));
 }
 
-at::Tensor fa_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, std::optional<double> scale) {
-  check_qkv(q, k, v);
+fa_plan::Plan plan_for(const at::Tensor& q, bool backward) {
+  fa_plan::Plan plan;
+  std::string err;
+  try {
+    plan = fa_plan::make_plan(q.size(0), q.size(1), q.size(2), static_cast<int>(q.element_size()), backward);
+  } catch (const std::invalid_argument& e) {
+    err = e.what();
+  }
+  TORCH_CHECK(err.empty(), OP, ": ", err);
+  return plan;
+}
+
+dim3 grid_of(const fa_plan::Launch& l) {
+  return dim3(static_cast<unsigned>(l.gx), static_cast<unsigned>(l.gy), static_cast<unsigned>(l.batch));
+}
+
+// The forward plan: out [B, S, D]; lse [B, S] fp32 (natural log) when defined.
+void fa_forward_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, at::Tensor& out,
+                     at::Tensor* lse) {
   const c10::cuda::CUDAGuard guard(q.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int B = q.size(0), S = q.size(1), D = q.size(2);
-  at::Tensor out = at::empty_like(q);
-  const float c = static_cast<float>(resolve_scale(q, scale) * kLog2e);
-  const dim3 grid(B * cdiv(S, FA_BM), cdiv(D, FA_DV));
+  const fa_plan::Plan plan = plan_for(q, false);
+  const int S = static_cast<int>(plan.S), D = static_cast<int>(plan.D), pitch = static_cast<int>(plan.pitch);
+  const int64_t SD = plan.S * plan.D, SP = plan.S * plan.pitch;
+  at::Tensor ws = at::empty({plan.workspace_bytes}, q.options().dtype(at::kByte));
+  const float c = static_cast<float>(scale * kLog2e);
   VXLP_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "cuda_frame_attention", [&] {
     using T = dev_t<scalar_t>;
     const bool vec = vec_ok<scalar_t>(D, {&q, &k, &v, &out});
-    const size_t smem = FaLayout<T>::fwd_bytes;
-    allow_smem(fa_fwd_kernel<T>, smem);
-    fa_fwd_kernel<T><<<grid, FA_THREADS, smem, stream>>>(dptr<scalar_t>(q), dptr<scalar_t>(k), dptr<scalar_t>(v),
-                                                         mptr<scalar_t>(out), nullptr, nullptr, nullptr, S, D, c,
-                                                         vec);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    float* ws_s = reinterpret_cast<float*>(ws.data_ptr());
+    T* ws_p = reinterpret_cast<T*>(ws_s + plan.batch_chunk * SP);  // 32-byte aligned: SP is a multiple of 8
+    const T *qp = dptr<scalar_t>(q), *kp = dptr<scalar_t>(k), *vp = dptr<scalar_t>(v);
+    T* op = mptr<scalar_t>(out);
+    float* lp = lse != nullptr ? lse->data_ptr<float>() : nullptr;
+    for (const fa_plan::Launch& l : plan.launches) {
+      const int64_t io = l.b0 * SD;
+      switch (l.step) {
+        case Step::kScores: {
+          const size_t smem = ScoreTiles<T>::bytes(1);
+          allow_smem(fa_scores_kernel<T, false>, smem);
+          fa_scores_kernel<T, false><<<grid_of(l), FA_THREADS, smem, stream>>>(
+              qp + io, kp + io, nullptr, nullptr, nullptr, nullptr, ws_s, nullptr, nullptr, static_cast<int>(l.m),
+              static_cast<int>(l.k), pitch, c, vec);
+          break;
+        }
+        case Step::kSoftmax:
+          fa_softmax_kernel<T><<<grid_of(l), FA_THREADS, 0, stream>>>(ws_s, ws_p,
+                                                                      lp != nullptr ? lp + l.b0 * S : nullptr, S,
+                                                                      pitch);
+          break;
+        case Step::kPV: {
+          const size_t smem = GemmTiles<T, false>::bytes;
+          allow_smem(fa_gemm_kernel<T, false>, smem);
+          fa_gemm_kernel<T, false><<<grid_of(l), FA_THREADS, smem, stream>>>(
+              ws_p, pitch, SP, vp + io, D, SD, op + io, D, SD, static_cast<int>(l.m), static_cast<int>(l.n),
+              static_cast<int>(l.k), pitch, 1.f, true, vec);
+          break;
+        }
+        default:
+          TORCH_CHECK(false, OP, ": step ", fa_plan::step_name(l.step), " in a forward plan");
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
+}
+
+// The backward plan from (out, lse): dq, dk, dv.
+void fa_backward_into(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const at::Tensor& out, const at::Tensor& lse, double scale, at::Tensor& dq, at::Tensor& dk,
+                      at::Tensor& dv) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const fa_plan::Plan plan = plan_for(q, true);
+  const int S = static_cast<int>(plan.S), D = static_cast<int>(plan.D), pitch = static_cast<int>(plan.pitch);
+  const int64_t SD = plan.S * plan.D, SP = plan.S * plan.pitch;
+  const auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor ws = at::empty({plan.workspace_bytes}, q.options().dtype(at::kByte));
+  at::Tensor delta = at::empty({plan.B, plan.S}, f32), lse2 = at::empty({plan.B, plan.S}, f32);
+  const float c = static_cast<float>(scale * kLog2e);
+  VXLP_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "cuda_frame_attention_fwd_backward", [&] {
+    using T = dev_t<scalar_t>;
+    const bool vec = vec_ok<scalar_t>(D, {&q, &k, &v, &grad_out, &dq, &dk, &dv});
+    T* ws_p = reinterpret_cast<T*>(ws.data_ptr());
+    T* ws_ds = ws_p + plan.batch_chunk * SP;
+    const T *qp = dptr<scalar_t>(q), *kp = dptr<scalar_t>(k), *vp = dptr<scalar_t>(v);
+    const T *gp = dptr<scalar_t>(grad_out), *outp = dptr<scalar_t>(out);
+    float *dl = delta.data_ptr<float>(), *l2 = lse2.data_ptr<float>();
+    const float* lp = lse.data_ptr<float>();
+    const float sc = static_cast<float>(scale);
+    for (const fa_plan::Launch& l : plan.launches) {
+      const int64_t io = l.b0 * SD, ro = l.b0 * plan.S;
+      const int M = static_cast<int>(l.m), N = static_cast<int>(l.n), K = static_cast<int>(l.k);
+      switch (l.step) {
+        case Step::kDelta:
+          fa_delta_kernel<T><<<grid_of(l), FA_THREADS, 0, stream>>>(outp + io, gp + io, lp + ro, dl + ro, l2 + ro,
+                                                                    S, D);
+          break;
+        case Step::kBwdScores: {
+          const size_t smem = ScoreTiles<T>::bytes(2);
+          allow_smem(fa_scores_kernel<T, true>, smem);
+          fa_scores_kernel<T, true><<<grid_of(l), FA_THREADS, smem, stream>>>(
+              qp + io, kp + io, gp + io, vp + io, l2 + ro, dl + ro, nullptr, ws_p, ws_ds, M, K, pitch, c, vec);
+          break;
+        }
+        case Step::kGemmDV:
+        case Step::kGemmDK: {
+          // dV = Pᵀ dO, dK = scale · dSᵀ Q: A is the [queries, keys] workspace read transposed
+          const bool is_dv = l.step == Step::kGemmDV;
+          const size_t smem = GemmTiles<T, true>::bytes;
+          allow_smem(fa_gemm_kernel<T, true>, smem);
+          fa_gemm_kernel<T, true><<<grid_of(l), FA_THREADS, smem, stream>>>(
+              is_dv ? ws_p : ws_ds, pitch, SP, (is_dv ? gp : qp) + io, D, SD,
+              (is_dv ? mptr<scalar_t>(dv) : mptr<scalar_t>(dk)) + io, D, SD, M, N, K, pitch, is_dv ? 1.f : sc, true,
+              vec);
+          break;
+        }
+        case Step::kGemmDQ: {
+          const size_t smem = GemmTiles<T, false>::bytes;
+          allow_smem(fa_gemm_kernel<T, false>, smem);
+          fa_gemm_kernel<T, false><<<grid_of(l), FA_THREADS, smem, stream>>>(
+              ws_ds, pitch, SP, kp + io, D, SD, mptr<scalar_t>(dq) + io, D, SD, M, N, K, pitch, sc, true, vec);
+          break;
+        }
+        default:
+          TORCH_CHECK(false, OP, ": step ", fa_plan::step_name(l.step), " in a backward plan");
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+}
+
+void check_saved(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse) {
+  check_input(grad_out, OP, "grad_out", 3);
+  check_same(grad_out, OP, "grad_out", q, "q");
+  check_shape(grad_out, OP, "grad_out", q.sizes(), "[B, S, D]");
+  check_input(out, OP, "out", 3);
+  check_same(out, OP, "out", q, "q");
+  check_shape(out, OP, "out", q.sizes(), "[B, S, D]");
+  TORCH_CHECK(lse.device() == q.device(), OP, ": lse is on ", lse.device(), " but q is on ", q.device());
+  TORCH_CHECK(lse.scalar_type() == at::kFloat, OP, ": lse must be float32, got ", lse.scalar_type());
+  TORCH_CHECK(lse.is_contiguous(), OP, ": lse must be contiguous");
+  check_shape(lse, OP, "lse", {q.size(0), q.size(1)}, "[B, S]");
+}
+
+at::Tensor fa_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, std::optional<double> scale) {
+  check_qkv(q, k, v);
+  at::Tensor out = at::empty_like(q);
+  fa_forward_into(q, k, v, resolve_scale(q, scale), out, nullptr);
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> fa_forward_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  std::optional<double> scale) {
+  check_qkv(q, k, v);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
+  fa_forward_into(q, k, v, resolve_scale(q, scale), out, &lse);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fa_backward_lse(const at::Tensor& grad_out, const at::Tensor& q,
+                                                               const at::Tensor& k, const at::Tensor& v,
+                                                               const at::Tensor& out, const at::Tensor& lse,
+                                                               std::optional<double> scale) {
+  check_qkv(q, k, v);
+  check_saved(grad_out, q, out, lse);
+  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  fa_backward_into(grad_out, q, k, v, out, lse, resolve_scale(q, scale), dq, dk, dv);
+  return {dq, dk, dv};
+}
+
+// The backward from the inputs only (frame_attention_backward): the forward with its LSE, then the backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fa_backward(const at::Tensor& grad_out, const at::Tensor& q,
                                                            const at::Tensor& k, const at::Tensor& v,
                                                            std::optional<double> scale) {
   check_qkv(q, k, v);
-  check_input(grad_out, OP, "grad_out", 3);
-  check_same(grad_out, OP, "grad_out", q, "q");
-  check_shape(grad_out, OP, "grad_out", q.sizes(), "[B, S, D]");
-  const c10::cuda::CUDAGuard guard(q.device());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int B = q.size(0), S = q.size(1), D = q.size(2);
-  const double sc = resolve_scale(q, scale);
-  const float c = static_cast<float>(sc * kLog2e);
-  const auto f32 = q.options().dtype(at::kFloat);
-  const int nchunk = cdiv(D, FA_DV);
-  at::Tensor lse2 = at::empty({B, S}, f32);
-  at::Tensor delta_part = at::empty({B, nchunk, S}, f32);
-  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  VXLP_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "cuda_frame_attention_backward", [&] {
-    using T = dev_t<scalar_t>;
-    const bool vec = vec_ok<scalar_t>(D, {&q, &k, &v, &grad_out});
-    const size_t fsmem = FaLayout<T>::fwd_bytes;
-    allow_smem(fa_fwd_kernel<T>, fsmem);
-    fa_fwd_kernel<T><<<dim3(B * cdiv(S, FA_BM), nchunk), FA_THREADS, fsmem, stream>>>(
-        dptr<scalar_t>(q), dptr<scalar_t>(k), dptr<scalar_t>(v), nullptr, lse2.data_ptr<float>(),
-        dptr<scalar_t>(grad_out), delta_part.data_ptr<float>(), S, D, c, vec);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const at::Tensor delta = delta_part.sum(1);  // [B, S], a fixed-order (deterministic) reduction
-    const size_t bsmem = FaLayout<T>::bwd_bytes;
-    const dim3 grid(B * cdiv(S, FA_BM), cdiv(D, FA_DC));
-    allow_smem(fa_bwd_dkdv_kernel<T>, bsmem);
-    fa_bwd_dkdv_kernel<T><<<grid, FA_THREADS, bsmem, stream>>>(
-        dptr<scalar_t>(q), dptr<scalar_t>(k), dptr<scalar_t>(v), dptr<scalar_t>(grad_out), lse2.data_ptr<float>(),
-        delta.data_ptr<float>(), mptr<scalar_t>(dk), mptr<scalar_t>(dv), S, D, c, static_cast<float>(sc), vec);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    allow_smem(fa_bwd_dq_kernel<T>, bsmem);
-    fa_bwd_dq_kernel<T><<<grid, FA_THREADS, bsmem, stream>>>(
-        dptr<scalar_t>(q), dptr<scalar_t>(k), dptr<scalar_t>(v), dptr<scalar_t>(grad_out), lse2.data_ptr<float>(),
-        delta.data_ptr<float>(), mptr<scalar_t>(dq), S, D, c, static_cast<float>(sc), vec);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {dq, dk, dv};
+  auto [out, lse] = fa_forward_lse(q, k, v, scale);
+  return fa_backward_lse(grad_out, q, k, v, out, lse, scale);
 }
 
 }  // namespace
@@ -461,4 +420,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fa_backward(const at::Tensor& gra
 TORCH_LIBRARY_IMPL(vxlp_ops, CUDA, m) {
   m.impl("cuda_frame_attention", &vxlp_cuda::fa_forward);
   m.impl("cuda_frame_attention_backward", &vxlp_cuda::fa_backward);
+  m.impl("cuda_frame_attention_fwd", &vxlp_cuda::fa_forward_lse);
+  m.impl("cuda_frame_attention_fwd_backward", &vxlp_cuda::fa_backward_lse);
 }

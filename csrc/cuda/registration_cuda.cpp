@@ -19,6 +19,10 @@ TORCH_LIBRARY_FRAGMENT(vxlp_ops, m) {
   m.def(
       "cuda_frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, float? scale=None)"
       " -> (Tensor, Tensor, Tensor)");
+  m.def("cuda_frame_attention_fwd(Tensor q, Tensor k, Tensor v, float? scale=None) -> (Tensor, Tensor)");
+  m.def(
+      "cuda_frame_attention_fwd_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+      " float? scale=None) -> (Tensor, Tensor, Tensor)");
   m.def(
       "cuda_temporal_attention(Tensor q, Tensor k, Tensor v, Tensor rel_k, Tensor rel_v,"
       " bool transposed_rel_k=False) -> Tensor");
@@ -55,6 +59,13 @@ Tensor like(const Tensor& t) { return at::empty(t.sizes(), t.options()); }
 
 Tensor fa_meta(const Tensor& q, const Tensor&, const Tensor&, std::optional<double>) { return like(q); }
 T3 fa_bwd_meta(const Tensor&, const Tensor& q, const Tensor& k, const Tensor& v, std::optional<double>) {
+  return {like(q), like(k), like(v)};
+}
+T2 fa_fwd_meta(const Tensor& q, const Tensor&, const Tensor&, std::optional<double>) {
+  return {like(q), at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat))};
+}
+T3 fa_fwd_bwd_meta(const Tensor&, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&, const Tensor&,
+                   std::optional<double>) {
   return {like(q), like(k), like(v)};
 }
 Tensor ta_meta(const Tensor& q, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) { return like(q); }
@@ -94,6 +105,8 @@ T2 qtg_bwd_meta(const Tensor&, const Tensor&, const Tensor& visual, const Tensor
 TORCH_LIBRARY_IMPL(vxlp_ops, Meta, m) {
   m.impl("cuda_frame_attention", &fa_meta);
   m.impl("cuda_frame_attention_backward", &fa_bwd_meta);
+  m.impl("cuda_frame_attention_fwd", &fa_fwd_meta);
+  m.impl("cuda_frame_attention_fwd_backward", &fa_fwd_bwd_meta);
   m.impl("cuda_temporal_attention", &ta_meta);
   m.impl("cuda_temporal_attention_backward", &ta_bwd_meta);
   m.impl("cuda_temporal_merge_conv3d", &conv_meta);

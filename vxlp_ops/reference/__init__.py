@@ -7,7 +7,7 @@ under ``torch.inference_mode`` and inside compiled graphs); the tests check them
 """
 
 from .dts_block import dts_spatial_block, dts_temporal_block, group_norm_channels_last
-from .frame_attention import frame_attention, frame_attention_backward
+from .frame_attention import frame_attention, frame_attention_backward, frame_attention_fwd, frame_attention_fwd_backward
 from .query_topk_gather import query_topk_gather, query_topk_gather_backward
 from .sgm import sgm_mask, sgm_scores, sgm_scores_backward
 from .temporal_attention import temporal_attention, temporal_attention_backward
@@ -21,6 +21,8 @@ __all__ = [
     "sgm_mask",
     "query_topk_gather",
     "frame_attention_backward",
+    "frame_attention_fwd",
+    "frame_attention_fwd_backward",
     "temporal_attention_backward",
     "temporal_merge_conv3d_backward",
     "sgm_scores_backward",

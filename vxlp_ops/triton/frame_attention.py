@@ -18,17 +18,22 @@ ptxas for sm_80: 244 registers, no spills — ``scripts/check_triton_compile.py`
 16 queries (from L2).
 
 FLOPs per call (tensor-core multiply-adds × 2, padding excluded): forward 4·B·S²·D (``q kᵀ`` and P·V once
-each, no recomputation; for the DTS, B·S²·D = B·576²·1152: 1.53 GFLOP per batch row); backward 18·B·S²·D
-(``_fa_bwd_stats`` 4: ``q kᵀ`` and dO·vᵀ; ``_fa_bwd_dkdv`` 8: both again, Pᵀ·dO, dSᵀ·Q; ``_fa_bwd_dq`` 6:
-both again, dS·K). Padded work: S to multiples of BM / BN, ``q kᵀ`` to a multiple of BD, P·V to DH + DL.
+each, no recomputation; for the DTS, B·S²·D = B·576²·1152: 1.53 GFLOP per batch row); backward from the saved
+output and LSE (``frame_attention_fwd_backward``) 14·B·S²·D (``_fa_bwd_dkdv`` 8: ``q kᵀ``, dO·vᵀ, Pᵀ·dO,
+dSᵀ·Q; ``_fa_bwd_dq`` 6: ``q kᵀ`` and dO·vᵀ again, dS·K — the two kernels write disjoint outputs, so no
+atomics, at the price of recomputing the two score products once). ``frame_attention_backward`` (inputs only)
+runs the forward with the LSE first: 18·B·S²·D. Padded work: S to multiples of BM / BN, ``q kᵀ`` to a multiple
+of BD, P·V to DH + DL.
 
-Backward: ``_fa_bwd_stats`` recomputes the log-sum-exp and ``delta = rowsum(dO·O) = Σ_j p_ij·(dO_i·v_j)``
-online (no forward output needed); ``_fa_bwd_dkdv`` (one program per key block: dK, dV) and ``_fa_bwd_dq`` (one
-program per query block) recompute P from the LSE. When D fits one chunk (``SINGLE``, D ≤ 128 on GPUs) the
-program's own tiles stay in registers and the accumulators too; otherwise the dK / dV / dQ accumulators (two
-[BN, D] or one [BM, D] per program, too many registers for D = 1152) live in a float32 scratch tile of the
-program's own rows, read-added-written per block with ``tl.debug_barrier()`` between blocks. Launch
-configurations (GPU): chosen with ptxas's register / spill counts for sm_80, not timed on a GPU.
+Forward with the LSE (``frame_attention_fwd``): the same ``_fa_fwd`` with ``STORE_LSE``, which writes each row's
+``m + log2(l)`` converted to the natural log. Backward (``frame_attention_fwd_backward``): ``_fa_bwd_prep`` per
+row: ``delta = rowsum(dO·O)`` from the saved output and the LSE in base 2; ``_fa_bwd_dkdv`` (one program per
+key block: dK, dV) and ``_fa_bwd_dq`` (one program per query block) rebuild P from the LSE. When D fits one
+chunk (``SINGLE``, D ≤ 128 on GPUs) the program's own tiles stay in registers and the accumulators too;
+otherwise the dK / dV / dQ accumulators (two [BN, D] or one [BM, D] per program, too many registers for
+D = 1152) live in a float32 scratch tile of the program's own rows, read-added-written per block with
+``tl.debug_barrier()`` between blocks. Launch configurations (GPU): chosen with ptxas's register / spill counts
+for sm_80, not timed on a GPU.
 """
 
 from __future__ import annotations
@@ -116,13 +121,14 @@ def _fa_scratch_out(ACC, OUT, base, rows, row_mask, D, mul, BD: tl.constexpr):
 
 
 @triton.jit
-def _fa_fwd(Q, K, V, O, S, D, n_mblocks, qk_scale,
+def _fa_fwd(Q, K, V, O, LSE, S, D, n_mblocks, qk_scale,
             BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr,
-            HAS_LO: tl.constexpr, Q_ONCE: tl.constexpr,
+            HAS_LO: tl.constexpr, Q_ONCE: tl.constexpr, STORE_LSE: tl.constexpr,
             IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
     """One program per (batch row, block of BM queries). The float32 output accumulator of the block stays in
     registers as two tiles, columns [0, DH) and [DH, DH + DL) (powers of two, DH + DL ≥ D; the second only
-    with HAS_LO); per key block the scores are computed once (over D in chunks of BD) and both tiles updated."""
+    with HAS_LO); per key block the scores are computed once (over D in chunks of BD) and both tiles updated.
+    With STORE_LSE, LSE[b, i] = log Σ_j exp(scale·q_i·k_j) (natural log, float32)."""
     pid = tl.program_id(0)
     b = pid // n_mblocks
     mb = pid % n_mblocks
@@ -158,49 +164,27 @@ def _fa_fwd(Q, K, V, O, S, D, n_mblocks, qk_scale,
             acc_l = SH.mma(p, v, acc_l * alpha[:, None], IN_T, DOT_T, PREC)
         m_i = m_new
     inv_l = 1.0 / l_i
+    if STORE_LSE:
+        tl.store(LSE + b.to(tl.int64) * S + offs_m, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=mask_m)
     SH.store_tile(O, base, offs_m, mask_m, offs_h, D, D, acc_h * inv_l[:, None])
     if HAS_LO:
         SH.store_tile(O, base, offs_m, mask_m, offs_l, D, D, acc_l * inv_l[:, None])
 
 
 @triton.jit
-def _fa_bwd_stats(Q, K, V, DO, LSE, DELTA, S, D, n_mblocks, qk_scale,
-                  SINGLE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-                  IN_T: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr):
-    """LSE (log2 domain, of the scaled logits) and delta_i = Σ_j p_ij (dO_i·v_j), online over key blocks."""
-    pid = tl.program_id(0)
-    b = pid // n_mblocks
-    mb = pid % n_mblocks
-    base = b.to(tl.int64) * S * D
-    offs_m = mb * BM + tl.arange(0, BM)
-    mask_m = offs_m < S
-    offs_nb = tl.arange(0, BN)
-    m_i = tl.full([BM], float("-inf"), tl.float32)
-    l_i = tl.zeros([BM], tl.float32)
-    d_i = tl.zeros([BM], tl.float32)
+def _fa_bwd_prep(O, DO, LSE, LSE2, DELTA, R, D, BR: tl.constexpr, BD: tl.constexpr):
+    """Per query row (R = B·S rows): DELTA = Σ_d dO·O (float32, from the saved output) and LSE2 = LSE·log2(e)
+    (the base-2 form the backward kernels use)."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    mask_r = rows < R
     offs_d = tl.arange(0, BD)
-    if SINGLE:  # D in one chunk: the query-side tiles stay in registers
-        q = SH.load_tile(Q, base, offs_m, mask_m, offs_d, D, D)
-        do = SH.load_tile(DO, base, offs_m, mask_m, offs_d, D, D)
-    for start_n in range(0, S, BN):
-        offs_n = start_n + offs_nb
-        mask_n = offs_n < S
-        if SINGLE:
-            k = SH.load_tile(K, base, offs_n, mask_n, offs_d, D, D)
-            v = SH.load_tile(V, base, offs_n, mask_n, offs_d, D, D)
-            s, dp = _fa_pair(q, k, do, v, BM, BN, IN_T, DOT_T, PREC)
-        else:
-            s, dp = _fa_scores_dp(Q, K, DO, V, base, offs_m, mask_m, offs_n, mask_n, D, BM, BN, BD, IN_T, DOT_T,
-                                  PREC)
-        s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        d_i = d_i * alpha + tl.sum(p * dp, 1)
-        m_i = m_new
-    tl.store(LSE + b * S + offs_m, m_i + tl.log2(l_i), mask=mask_m)
-    tl.store(DELTA + b * S + offs_m, d_i / l_i, mask=mask_m)
+    acc = tl.zeros([BR], tl.float32)
+    for d0 in range(0, D, BD):
+        o = SH.load_tile(O, 0, rows.to(tl.int64), mask_r, d0 + offs_d, D, D).to(tl.float32)
+        do = SH.load_tile(DO, 0, rows.to(tl.int64), mask_r, d0 + offs_d, D, D).to(tl.float32)
+        acc += tl.sum(o * do, 1)
+    tl.store(DELTA + rows, acc, mask=mask_r)
+    tl.store(LSE2 + rows, tl.load(LSE + rows, mask=mask_r, other=0.0) * 1.4426950408889634, mask=mask_r)
 
 
 @triton.jit
@@ -341,24 +325,36 @@ def _kernel_kw(cfg, *names):
     return {k: cfg[k] for k in names}
 
 
-def forward(q, k, v, scale=None):
+def _forward(q, k, v, scale, with_lse: bool):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     b, s, d = q.shape
     if scale is None:
         scale = d**-0.5
     cfg = _fwd_config(d, C.on_gpu(q))
     out = torch.empty_like(q)
+    lse = torch.empty((b, s), dtype=torch.float32, device=q.device) if with_lse else out
     nmb = C.cdiv(s, cfg["BM"])
     _fa_fwd[(b * nmb,)](
-        q, k, v, out, s, d, nmb, float(scale) * LOG2E,
-        Q_ONCE=not cfg["HAS_LO"] and cfg["BD"] >= d, **C.dot_args(q.dtype),
+        q, k, v, out, lse, s, d, nmb, float(scale) * LOG2E,
+        Q_ONCE=not cfg["HAS_LO"] and cfg["BD"] >= d, STORE_LSE=with_lse, **C.dot_args(q.dtype),
         **_kernel_kw(cfg, "BM", "BN", "BD", "DH", "DL", "HAS_LO"), **_launch_kw(cfg),
     )
-    return out
+    return (out, lse) if with_lse else out
 
 
-def backward(grad_out, q, k, v, scale=None):
-    q, k, v, do = q.contiguous(), k.contiguous(), v.contiguous(), grad_out.contiguous()
+def forward(q, k, v, scale=None):
+    return _forward(q, k, v, scale, False)
+
+
+def forward_lse(q, k, v, scale=None):
+    """``(out, lse)`` of ``frame_attention_fwd``: the forward kernel also stores each row's log-sum-exp."""
+    return _forward(q, k, v, scale, True)
+
+
+def backward_lse(grad_out, q, k, v, out, lse, scale=None):
+    """``frame_attention_fwd_backward``: ``_fa_bwd_prep`` (Δ = rowsum(dO·O), the LSE in base 2), then the dK / dV
+    and dQ kernels rebuild P from the saved LSE."""
+    q, k, v, do, out = (t.contiguous() for t in (q, k, v, grad_out, out))
     b, s, d = q.shape
     if scale is None:
         scale = d**-0.5
@@ -367,25 +363,33 @@ def backward(grad_out, q, k, v, scale=None):
     kw = {**_kernel_kw(cfg, "BM", "BN", "BD"), **C.dot_args(q.dtype)}
     lw = _launch_kw(cfg)
     f32 = dict(dtype=torch.float32, device=q.device)
-    lse = torch.empty((b, s), **f32)
+    lse2 = torch.empty((b, s), **f32)
     delta = torch.empty((b, s), **f32)
+    br = 16 if C.on_gpu(q) else 8
+    bd = min(128 if C.on_gpu(q) else 32, max(16, C.next_pow2(d)))
+    _fa_bwd_prep[(C.cdiv(b * s, br),)](out, do, lse.contiguous(), lse2, delta, b * s, d, BR=br, BD=bd)
     nmb = C.cdiv(s, cfg["BM"])
     nnb = C.cdiv(s, cfg["BN"])
-    _fa_bwd_stats[(b * nmb,)](q, k, v, do, lse, delta, s, d, nmb, scale * LOG2E, SINGLE=cfg["SINGLE"], **kw, **lw)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     direct = cfg["SINGLE"] or q.dtype == torch.float32
     acck = dk if direct else torch.empty((b, s, d), **f32)
     accv = dv if direct else torch.empty((b, s, d), **f32)
     accq = dq if direct else torch.empty((b, s, d), **f32)
     _fa_bwd_dkdv[(b * nnb,)](
-        q, k, v, do, lse, delta, dk, dv, acck, accv, s, d, nnb, scale * LOG2E, scale,
+        q, k, v, do, lse2, delta, dk, dv, acck, accv, s, d, nnb, scale * LOG2E, scale,
         SINGLE=cfg["SINGLE"], **kw, **lw,
     )
     _fa_bwd_dq[(b * nmb,)](
-        q, k, v, do, lse, delta, dq, accq, s, d, nmb, scale * LOG2E, scale,
+        q, k, v, do, lse2, delta, dq, accq, s, d, nmb, scale * LOG2E, scale,
         SINGLE=cfg["SINGLE"], **kw, **lw,
     )
     return dq, dk, dv
+
+
+def backward(grad_out, q, k, v, scale=None):
+    """``frame_attention_backward`` (the inputs only): the forward with its LSE, then :func:`backward_lse`."""
+    out, lse = forward_lse(q, k, v, scale)
+    return backward_lse(grad_out, q, k, v, out, lse, scale)
 
 
 def reasons(q, k, v, scale=None):
@@ -396,3 +400,4 @@ def reasons(q, k, v, scale=None):
 
 
 dispatch.register("frame_attention", "triton", forward=forward, backward=backward, reasons=reasons)
+dispatch.register("frame_attention_fwd", "triton", forward=forward_lse, backward=backward_lse, reasons=reasons)

@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -134,10 +135,19 @@ inline float bits_to_float(uint16_t h, bool bf16) {
 //   A element (row, col): lane (row % 8)·4 + (col % 8) / 2, register (row / 8) + 2·(col / 8), half col % 2
 //   B element (k, n):     lane n·4 + (k % 8) / 2, register k / 8, half k % 2
 //   C element (row, col): lane (row % 8)·4 + col / 2, index 2·(row / 8) + col % 2
+// Warp-level m16n8k16 products executed since the last reset (mma.sync emulations plus the FMA tile products of
+// warp_fma_k16, counted in m16n8k16 units), read by run_emulation.py through vxlp_emu::mma_count
+// (emu_counters.cpp) to check the work of a kernel against its launch plan.
+inline std::atomic<long long> g_mma_count{0};
+inline void count_mma(long long n) {
+  if (tl_linear % 32 == 0) g_mma_count.fetch_add(n, std::memory_order_relaxed);
+}
+
 template <bool BF16>
 void mma16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   Block* bk = tl_block;
   const int w = tl_linear / 32, lane = tl_linear % 32;
+  count_mma(1);
   uint32_t* X = bk->xch_u.data() + w * 32 * 6;
   for (int i = 0; i < 4; ++i) X[lane * 6 + i] = a[i];
   X[lane * 6 + 4] = b[0];
