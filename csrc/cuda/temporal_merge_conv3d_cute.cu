@@ -10,12 +10,12 @@
 //    fp32 accumulation), 3-stage cp.async pipeline (A: the clamped gather, B: dense rows; 16-byte copies, zero
 //    fill past M / Cout / K), operands in 128-byte-swizzled shared memory (Swizzle<3,3,3>), fragments loaded with
 //    ldmatrix (SM75_U32x4_LDSM_N); one __syncthreads per k-tile. 96 KiB dynamic shared memory.
-//  - cute_sm90 (sm_90a only): CTA tile 128 × 128 × 64, 2 consumer warpgroups (each wgmma m64n128k16 from shared
-//    memory, fp32 accumulation), 5 stages: B (the dense weight) by TMA (one thread arms an mbarrier with the
+//  - cute_sm90 (sm_90a only): CTA tile 256 × 128 × 64, 2 warpgroups (each 2 × wgmma m64n128k16 per k-step from
+//    shared memory, fp32 accumulation), 4 stages: B (the dense weight) by TMA (one thread arms an mbarrier with the
 //    transaction bytes; TMA zero-fills past Cout / K), A by the same clamped cp.async gather (TMA's im2col mode
 //    only zero-fills out of bounds, it cannot replicate), made visible to wgmma's async proxy with
-//    fence.proxy.async; both in the GMMA 128-byte-swizzled K-major layout. Loads run 3 k-tiles ahead, wgmma keeps
-//    one batch in flight (warpgroup_wait<1>); one __syncthreads per k-tile. 160 KiB dynamic shared memory.
+//    fence.proxy.async; both in the GMMA 128-byte-swizzled K-major layout. Loads run 2 k-tiles ahead, wgmma keeps
+//    one batch in flight (warpgroup_wait<1>); one __syncthreads per k-tile. 193 KiB dynamic shared memory.
 // Both: grid (Cout tiles, M tiles) with the Cout tiles of one M tile adjacent (the gathered A tile is shared in
 // L2); no split-K (small problems keep the mma.sync kernel in "auto"); deterministic (no atomics); epilogue
 // adds the bias in fp32 and stores element-wise with bounds checks. Requirements (else unsupported() says why):
@@ -303,12 +303,15 @@ __global__ void __launch_bounds__(Sm80Cfg<E>::NTHR) conv_fwd_sm80(FwdArgs<E> a) 
 #if !defined(VXLP_EMULATE)
 template <typename E>
 struct Sm90Cfg {
-  static constexpr int BM = 128, BN = 128, BK = 64, S = 5, D = S - 2, NTHR = 256;
+  // 256 × 128 × 64: 48 KiB of operands per 4.2 MFLOP k-tile (128 × 128 would need 32 KiB per 2.1 MFLOP, more L2
+  // traffic per FLOP than the tensor cores can be fed at)
+  static constexpr int BM = 256, BN = 128, BK = 64, S = 4, D = S - 2, NTHR = 256;
   using SmemA = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<E>{}, Shape<Int<BM>, Int<BK>, Int<S>>{}));
   using SmemB = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<E>{}, Shape<Int<BN>, Int<BK>, Int<S>>{}));
   using Op = decltype(SM90::GMMA::ss_op_selector<E, E, float, Shape<_64, Int<BN>, _16>, GMMA::Major::K,
                                                  GMMA::Major::K>());
-  using Mma = decltype(make_tiled_mma(Op{}, Layout<Shape<_2, _1, _1>>{}));  // warpgroup w: rows 64·w .. 64·w+63
+  // 2 warpgroups; warpgroup w computes rows 64·w + 128·j .. +63 (j = 0, 1) of the tile
+  using Mma = decltype(make_tiled_mma(Op{}, Layout<Shape<_2, _1, _1>>{}));
   static constexpr size_t kTileBytesB = BN * BK * sizeof(E);
   // 1024-byte alignment for the 128-byte swizzle pattern, + S mbarriers
   static constexpr size_t kSmemBytes = 1024 + (cosize_v<SmemA> + cosize_v<SmemB>) * sizeof(E) + S * 8;
@@ -474,7 +477,7 @@ const char* unsupported(Path path, const FwdProblem& p, int device) {
   if (p.Cin % 8 != 0) return "needs Cin % 8 == 0 (16-byte chunks of one tap)";
   if (reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || reinterpret_cast<uintptr_t>(p.wr) % 16 != 0)
     return "needs 16-byte aligned x and weight rows";
-  if ((p.M + 127) / 128 > 65535) return "needs G·T_out·H·W <= 65535·128 (grid y)";
+  if ((p.M + 127) / 128 > 65535) return "needs G·T_out·H·W <= 65535·128 (grid y)";  // BM >= 128 on both paths
 #if defined(VXLP_EMULATE)
   (void)device;
   if (path == Path::kSm90) return "wgmma / TMA cannot run in the CPU emulation";
