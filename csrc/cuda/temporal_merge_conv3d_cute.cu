@@ -469,6 +469,22 @@ bool sm90a_loaded(int device) {
   }
   return cache[device] == 1;
 }
+
+// Whether device `device` has code of the cute_sm80 kernel (sm_80+ SASS or PTX for its arch; cached per device).
+bool sm80_loaded(int device) {
+  static std::mutex mu;
+  static int cache[64];
+  if (device < 0 || device >= 64) return false;
+  std::lock_guard<std::mutex> lock(mu);
+  if (cache[device] == 0) {
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    cudaFuncAttributes attr{};
+    const cudaError_t e = cudaFuncGetAttributes(&attr, conv_fwd_sm80<cutlass::bfloat16_t>);
+    if (e != cudaSuccess) (void)cudaGetLastError();
+    cache[device] = (e == cudaSuccess && (attr.binaryVersion >= 80 || attr.ptxVersion >= 80)) ? 1 : 2;
+  }
+  return cache[device] == 1;
+}
 #endif
 
 }  // namespace
@@ -483,22 +499,16 @@ const char* unsupported(Path path, const FwdProblem& p, int device) {
   if (path == Path::kSm90) return "wgmma / TMA cannot run in the CPU emulation";
   return nullptr;
 #else
-  cudaDeviceProp prop{};
-  C10_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
   if (path == Path::kSm90) {
-    if (prop.major != 9 || prop.minor != 0) return "needs an sm_90 device (H100 / H200)";
+    if (major != 9 || minor != 0) return "needs an sm_90 device (H100 / H200)";
     if (!sm90a_loaded(device)) return "this build has no sm_90a code (TORCH_CUDA_ARCH_LIST needs 9.0a)";
     return nullptr;
   }
-  if (prop.major < 8) return "needs an sm_80+ device";
-  cudaFuncAttributes attr{};
-  const cudaError_t e = p.bf16 ? cudaFuncGetAttributes(&attr, conv_fwd_sm80<cutlass::bfloat16_t>)
-                               : cudaFuncGetAttributes(&attr, conv_fwd_sm80<cutlass::half_t>);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return "this build has no code for the device's arch";
-  }
-  if (attr.binaryVersion < 80 && attr.ptxVersion < 80) return "this build has no sm_80+ code";
+  if (major < 8) return "needs an sm_80+ device";
+  if (!sm80_loaded(device)) return "this build has no code for the device's arch (sm_80+)";
   return nullptr;
 #endif
 }
