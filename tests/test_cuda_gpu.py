@@ -432,6 +432,8 @@ def test_sgm_mask_deterministic():
 # ---------------------------------------------------------------------------------------------- compute-sanitizer
 SANITIZER_SCRIPT = textwrap.dedent(
     """
+    import os
+
     import torch
     import vxlp_ops
     from vxlp_ops import dispatch
@@ -467,6 +469,18 @@ SANITIZER_SCRIPT = textwrap.dedent(
             vxlp_ops.sgm_mask(torch.rand(2, 3, 300, device=dev).to(dt), 0.5, 0.75, generator=gen)
             vis, qry = leaf(2, 37, 24, dtype=dt), leaf(2, 3, 24, dtype=dt)
             back(vxlp_ops.query_topk_gather(vis, qry, 5, True), (vis, qry))
+        # the CuTe forward paths of temporal_merge_conv3d, each forced where it can run (tails in M, Cout, K)
+        for path in ("cute_sm90", "cute_sm80"):
+            os.environ["VXLP_CONV_FWD_PATH"] = path
+            for g, t, h, w, cin, cout, st in ((1, 4, 5, 3, 8, 16, 2), (2, 4, 6, 6, 72, 200, 2)):
+                x = leaf(g, t, h, w, cin, dtype=torch.bfloat16)
+                wt = leaf(cout, cin, 3, 3, 3, dtype=torch.bfloat16, scale=0.1)
+                try:
+                    torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, wt, None, st)
+                except RuntimeError:
+                    continue  # not on this device / build
+                vxlp_ops.temporal_merge_conv3d(x, wt, leaf(cout, dtype=torch.bfloat16), st)
+            del os.environ["VXLP_CONV_FWD_PATH"]
     torch.cuda.synchronize()
     print("SANITIZER_SCRIPT_DONE")
     """
