@@ -38,14 +38,15 @@
 #include <cstdint>
 #include <mutex>
 #include <type_traits>
+#include <vector>
 
 #include <cute/tensor.hpp>
 #include <cute/atom/copy_atom.hpp>
 #include <cute/atom/mma_atom.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>  // host-compilable: the emulation checks the sm90 smem layouts
 #if !defined(VXLP_EMULATE)
 #include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
-#include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cutlass/arch/barrier.h>
 #endif
 
@@ -300,7 +301,6 @@ __global__ void __launch_bounds__(Sm80Cfg<E>::NTHR) conv_fwd_sm80(FwdArgs<E> a) 
 }
 
 // ------------------------------------------------------------------------------------------ cute_sm90
-#if !defined(VXLP_EMULATE)
 template <typename E>
 struct Sm90Cfg {
   // 256 × 128 × 64: 48 KiB of operands per 4.2 MFLOP k-tile (128 × 128 would need 32 KiB per 2.1 MFLOP, more L2
@@ -316,6 +316,56 @@ struct Sm90Cfg {
   // 1024-byte alignment for the 128-byte swizzle pattern, + S mbarriers
   static constexpr size_t kSmemBytes = 1024 + (cosize_v<SmemA> + cosize_v<SmemB>) * sizeof(E) + S * 8;
 };
+
+#if defined(VXLP_EMULATE)
+// CPU check of what the emulation cannot run of cute_sm90 (run_emulation.py calls it through ctypes): with a
+// 1024-byte aligned base, &sA(r, c, s) / &sB(r, c, s) — the addresses the clamped gather writes its 16-byte chunks
+// to, and the layouts the wgmma descriptors and the TMA box are built from — are the canonical 128-byte-swizzled
+// K-major layout (stage base + r·128 B + ((c / 8) XOR (r % 8))·16 B, 8 contiguous elements per chunk), and the
+// tile loader's (row0 + RPP·i, col) cover every chunk of the 256 × 64 A tile exactly once (and likewise the
+// cute_sm80 loader and its Swizzle<3,3,3> layout). Returns the number of mismatches.
+template <typename Smem, int ROWS, int BK, int S, typename E>
+int swizzle128_mismatches(E* base) {
+  Tensor t = make_tensor(make_smem_ptr(base), Smem{});
+  int bad = 0;
+  for (int s = 0; s < S; ++s)
+    for (int r = 0; r < ROWS; ++r)
+      for (int c = 0; c < BK; c += 8) {
+        const E* p = &t(r, c, s);
+        const size_t want = static_cast<size_t>(s) * ROWS * BK + static_cast<size_t>(r) * BK + (((c / 8) ^ (r % 8)) * 8);
+        bad += p != base + want;
+        for (int j = 1; j < 8; ++j) bad += &t(r, c + j, s) != p + j;
+      }
+  return bad;
+}
+
+template <int BM, int BK, int NTHR>
+int loader_cover_mismatches() {
+  using L = TileLoader<cutlass::bfloat16_t, BM, BM, BK, NTHR>;
+  std::vector<int> hits(BM * (BK / 8), 0);
+  for (int tid = 0; tid < NTHR; ++tid)
+    for (int i = 0; i < L::PA; ++i) hits[(tid / L::CPR + L::RPP * i) * (BK / 8) + (tid % L::CPR)] += 1;
+  int bad = 0;
+  for (int h : hits) bad += h != 1;
+  return bad;
+}
+
+int layout_mismatches() {
+  using E = cutlass::bfloat16_t;
+  using C9 = Sm90Cfg<E>;
+  using C8 = Sm80Cfg<E>;
+  std::vector<unsigned char> raw(C9::kSmemBytes + 1024);
+  E* base = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(raw.data()) + 1023) & ~uintptr_t{1023});
+  int bad = swizzle128_mismatches<typename C9::SmemA, C9::BM, C9::BK, C9::S>(base);
+  bad += swizzle128_mismatches<typename C9::SmemB, C9::BN, C9::BK, C9::S>(base);
+  bad += swizzle128_mismatches<typename C8::SmemA, C8::BM, C8::BK, C8::S>(base);
+  bad += loader_cover_mismatches<C9::BM, C9::BK, C9::NTHR>();
+  bad += loader_cover_mismatches<C8::BM, C8::BK, C8::NTHR>();
+  return bad;
+}
+#endif
+
+#if !defined(VXLP_EMULATE)
 
 // wr as a TMA source: [Cout, K] rows, one BN × BK box per load.
 template <typename E>
@@ -527,6 +577,10 @@ void run(Path path, const FwdProblem& p, cudaStream_t stream) {
 
 }  // namespace conv_cute
 }  // namespace vxlp_cuda
+
+#if defined(VXLP_EMULATE)
+extern "C" int vxlp_emu_conv_cute_layout_mismatches() { return vxlp_cuda::conv_cute::layout_mismatches(); }
+#endif
 
 #else  // !VXLP_CONV_CUTE
 
