@@ -21,13 +21,16 @@
 // adds the bias in fp32 and stores element-wise with bounds checks. Requirements (else unsupported() says why):
 // Cin % 8 == 0 (a 16-byte chunk of A stays within one tap), x / weight rows 16-byte aligned.
 //
-// Verification status: compile-checked for sm_80 and sm_90a (scripts/check_cuda_compile.sh). On the CPU the
-// cute_sm80 kernel *code* — the gather, the swizzled shared-memory layouts, the TiledMMA partitioning, the
-// pipeline indexing, the epilogue — runs in the emulator (csrc/cuda/emu, VXLP_EMULATE): there the SM80 mma
-// atom is replaced by an atom with the same register layout whose fma is the emulator's mma.m16n8k16, and the
-// ldmatrix copy atom by a universal copy (same fragment contents), cp.async by plain copies. Not checked on the
-// CPU: ldmatrix, real cp.async timing, and the whole cute_sm90 path (wgmma / TMA / mbarriers cannot be
-// emulated). tests/test_cuda_gpu.py forces each path against the float64 reference on a GPU.
+// Verification status: NEITHER PATH HAS RUN ON A GPU YET. Compile-checked for sm_80 and sm_90a
+// (scripts/check_cuda_compile.sh; the sm_90a PTX has wgmma.mma_async m64n128k16, cp.async.bulk.tensor.2d with
+// mbarrier complete_tx, fence.proxy.async). On the CPU (csrc/cuda/emu, VXLP_EMULATE): the cute_sm80 kernel
+// code — the gather, the swizzled shared-memory layouts, the TiledMMA partitioning, the pipeline indexing, the
+// epilogue — runs with the SM80 mma atom replaced by an atom of the same register layout whose fma is the
+// emulator's mma.m16n8k16, the ldmatrix atom by a universal copy (same fragment contents), cp.async by plain
+// copies; of cute_sm90 only the shared-memory layouts (gather targets = the canonical 128-byte swizzle the wgmma
+// descriptors and TMA box assume) and the loader coverage are checked (layout_mismatches()). Not checked on the
+// CPU: ldmatrix, cp.async / TMA / mbarrier timing and phases, wgmma, the proxy fence. tests/test_cuda_gpu.py
+// forces each path against the float64 reference (and the compute-sanitizer script runs both) on a GPU.
 #include "temporal_merge_conv3d_cute.cuh"
 
 #if VXLP_CONV_CUTE
