@@ -460,6 +460,8 @@ __global__ void __launch_bounds__(Sm90Cfg<E>::NTHR, 1) conv_fwd_sm90(FwdArgs<E> 
   Tensor coords = thr.partition_C(make_identity_tensor(Shape<Int<BM>, Int<BN>>{}));
   store_tile(a, acc, coords, m0, n0);
 #elif defined(__CUDA_ARCH__)
+  static_assert(Sm90Cfg<E>::D > 0 && Sm90Cfg<E>::kTileBytesB > 0, "sm_90a configuration");
+  fence_async_proxy();  // (a no-op here)
   __trap();  // compiled without sm_90a features: never launched (host checks kSm90aBuilt), loud if it is
 #endif
 }
