@@ -5,6 +5,10 @@ Real: x ``[64, 4, 24, 24, 1152]`` (stage 1, T 4→2) and ``[64, 2, 24, 24, 1152]
 Compute-bound: % of the measured matmul ceiling. Baselines: ``F.conv3d`` (cuDNN on GPU) on an input that is
 already replicate-padded and channels-first (``torch_conv3d``), or padded and in ``channels_last_3d``
 (``torch_conv3d_cl``); the padding and layout change are outside the timed region, which favours them.
+
+The ``cuda`` rows note the forward path the kernel took (``cute_sm90`` / ``cute_sm80`` / ``mma``,
+csrc/cuda/temporal_merge_conv3d.cu); ``test_temporal_merge_conv3d_forward_path`` adds one forward row per path,
+forced with ``VXLP_CONV_FWD_PATH`` (case name ``... [path]``; skipped where the path cannot run).
 """
 
 import pytest
@@ -53,7 +57,23 @@ def _collect(out, grads):
     return d
 
 
-def make_case(stage: str, direction: str) -> B.Case:
+def _path_note(shape_x, c: int) -> str:
+    """The forward path the cuda backend takes for x of ``shape_x`` (bf16 / the benchmark dtype), or ""."""
+    if not B.CUDA:
+        return ""
+    from vxlp_ops import _cuda
+
+    if not _cuda.has_kernel("temporal_merge_conv3d_forward_path"):
+        return ""
+    try:
+        x = torch.empty(shape_x, device="cuda", dtype=B.DTYPE)
+        w = torch.empty((c, c, 3, 3, 3), device="cuda", dtype=B.DTYPE)
+        return "forward path: " + torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, w, None, STRIDE_T)
+    except (RuntimeError, AttributeError) as e:
+        return f"forward path unknown: {str(e).splitlines()[0]}"
+
+
+def make_case(stage: str, direction: str, path: str | None = None) -> B.Case:
     g, hw, c = _dims()
     t = STAGES[stage]
     t_out = (t + 1 - 3) // STRIDE_T + 1
@@ -82,7 +102,7 @@ def make_case(stage: str, direction: str) -> B.Case:
     cf = B.Baseline(fn=_conv, prepare=_prepare(False), args=lambda x: (x["x_pad"], x["weight"], x["bias"]), collect=_collect)
     return B.Case(
         op="temporal_merge_conv3d",
-        name=stage,
+        name=stage if path is None else f"{stage} [{path}]",
         direction=direction,
         make=make,
         args=lambda x: (x["x"], x["weight"], x["bias"], STRIDE_T),
@@ -104,4 +124,24 @@ CASES = [("stage1 T4->2", "fwd"), ("stage2 T2->1", "fwd"), ("stage1 T4->2", "fwd
 @pytest.mark.parametrize("provider", B.provider_params("torch_conv3d", "torch_conv3d_cl"))
 @pytest.mark.parametrize("stage,direction", CASES, ids=[f"{s.split()[0]}-{d}" for s, d in CASES])
 def test_temporal_merge_conv3d(benchmark, ceilings, stage, direction, provider):
-    B.run_case(benchmark, make_case(stage, direction), provider, ceilings)
+    case = make_case(stage, direction)
+    if provider == "cuda":
+        case.note = _path_note(case.shapes["x"], case.shapes["weight"][0])
+    B.run_case(benchmark, case, provider, ceilings)
+
+
+FWD_PATHS = ["cute_sm90", "cute_sm80", "mma"]
+
+
+@pytest.mark.parametrize("path", FWD_PATHS)
+@pytest.mark.parametrize("stage", list(STAGES), ids=[s.split()[0] for s in STAGES])
+def test_temporal_merge_conv3d_forward_path(benchmark, ceilings, stage, path, monkeypatch):
+    """The cuda forward with each path forced (VXLP_CONV_FWD_PATH); skipped where the path cannot run."""
+    if not B.CUDA:
+        pytest.skip("needs a CUDA device")
+    monkeypatch.setenv("VXLP_CONV_FWD_PATH", path)
+    case = make_case(stage, "fwd", path)
+    case.note = _path_note(case.shapes["x"], case.shapes["weight"][0])
+    if not case.note.startswith(f"forward path: {path}"):
+        pytest.skip(f"{path} cannot run here: {case.note}")
+    B.run_case(benchmark, case, "cuda", ceilings)

@@ -258,6 +258,80 @@ def test_temporal_merge_conv3d_no_bias():
     _run_conv((1, 4, 5, 6, 8, 16, 2), F32, bias=False)
 
 
+# The forward paths (csrc/cuda/temporal_merge_conv3d.cu: VXLP_CONV_FWD_PATH = cute_sm90 | cute_sm80 | mma), each
+# forced against the float64 reference: odd shapes with tails in M, Cout and K = 27·Cin (not a multiple of 64),
+# H = W = 1 (every tap clamped: replicate padding), stride 1 / 3, and the real DTS shapes. Outputs start as NaN
+# (fixture). cute_sm90 must be available on an sm_90 device when the build targets 9.0a (TORCH_CUDA_ARCH_LIST).
+CONV_PATH_SHAPES = [  # Cin % 8 == 0 (what the CuTe paths need)
+    (1, 3, 5, 5, 8, 8, 2),
+    (3, 4, 1, 1, 72, 8, 2),
+    (1, 2, 5, 24, 8, 72, 1),
+    (2, 3, 5, 1, 72, 136, 3),
+    (2, 4, 24, 24, 72, 200, 2),
+    (1, 5, 7, 9, 1160, 264, 2),
+]
+CONV_PATHS = ["cute_sm90", "cute_sm80", "mma"]
+
+
+def _conv_path(path: str, monkeypatch, x, wt) -> None:
+    """Forces ``path`` for the forward (skips where the device cannot run it) and checks that the op takes it."""
+    monkeypatch.setenv("VXLP_CONV_FWD_PATH", path)
+    cap = torch.cuda.get_device_capability()
+    if path == "cute_sm90" and cap != (9, 0):
+        pytest.skip(f"cute_sm90 needs an sm_90 device, got sm_{cap[0]}{cap[1]}")
+    try:
+        got = torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, wt, None, 2)
+    except RuntimeError as e:
+        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
+        if "no CUTLASS" in str(e) or (path == "cute_sm90" and "9.0a" not in arch_list):
+            pytest.skip(f"{path} not in this build: {str(e).splitlines()[0]}")
+        raise
+    assert got.startswith(path), got
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=dn)
+@pytest.mark.parametrize("shape", CONV_PATH_SHAPES + CONV_DTS, ids=str)
+@pytest.mark.parametrize("path", CONV_PATHS)
+def test_temporal_merge_conv3d_forward_paths(path, shape, dtype, monkeypatch):
+    need("temporal_merge_conv3d")
+    g, t, h, w, cin, cout, st = shape
+    big = g * t * h * w * cin * cout > 10**8
+    dev = DEV if big else "cpu"
+    for bias in (True, False):
+        x = rnd(g, t, h, w, cin, dtype=dtype)
+        wt = rnd(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5)
+        b = rnd(cout, dtype=dtype) if bias else None
+        _conv_path(path, monkeypatch, x, wt)
+        with vxlp_ops.use_backend("cuda"):
+            out = vxlp_ops.temporal_merge_conv3d(x, wt, b, st)
+            again = vxlp_ops.temporal_merge_conv3d(x, wt, b, st)
+        tag = f"temporal_merge_conv3d forward {path} {dn(dtype)} {shape} bias={bias}"
+        assert out.dtype == dtype and out.shape == (g, (t + 1 - 3) // st + 1, h, w, cout)
+        check(tag, out, ref.temporal_merge_conv3d(*d64(x, wt, b, device=dev), st), dtype)
+        assert torch.equal(out, again), f"{tag}: two runs differ"
+
+
+def test_temporal_merge_conv3d_forward_path_auto():
+    """auto takes cute_sm90 on an H100 / H200 build with 9.0a, cute_sm80 on other sm_80+ devices, for the DTS
+    shapes; fp32 and Cin % 8 != 0 take mma; a bad VXLP_CONV_FWD_PATH is refused naming the variable."""
+    need("temporal_merge_conv3d")
+    q = torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path
+    x, wt = rnd(2, 4, 24, 24, 1152, dtype=BF16), rnd(1152, 1152, 3, 3, 3, dtype=BF16)
+    got = q(x, wt, None, 2)
+    if "no CUTLASS" not in got:
+        want = "cute_sm90" if torch.cuda.get_device_capability() == (9, 0) and "9.0a" in os.environ.get(
+            "TORCH_CUDA_ARCH_LIST", "8.0;9.0a") else "cute_sm80"
+        assert got.startswith(want), got
+    assert q(x.float(), wt.float(), None, 2).startswith("mma"), q(x.float(), wt.float(), None, 2)
+    assert q(rnd(2, 4, 24, 24, 12, dtype=BF16), rnd(1152, 12, 3, 3, 3, dtype=BF16), None, 2).startswith("mma")
+    os.environ["VXLP_CONV_FWD_PATH"] = "fastest"
+    try:
+        with pytest.raises(RuntimeError, match="VXLP_CONV_FWD_PATH"):
+            q(x, wt, None, 2)
+    finally:
+        del os.environ["VXLP_CONV_FWD_PATH"]
+
+
 # ---------------------------------------------------------------------------------------------- sgm_scores
 SGM_SHAPES = [(1, 1, 5, 8, 1, 1), (3, 3, 7, 72, 2, 3), (2, 4, 129, 72, 4, 4), (1, 3, 577, 13, 2, 2)]
 SGM_DTS = (2, 4, 576, 1152, 4, 4)
@@ -403,6 +477,8 @@ def test_sgm_mask_deterministic():
 # ---------------------------------------------------------------------------------------------- compute-sanitizer
 SANITIZER_SCRIPT = textwrap.dedent(
     """
+    import os
+
     import torch
     import vxlp_ops
     from vxlp_ops import dispatch
@@ -438,6 +514,18 @@ SANITIZER_SCRIPT = textwrap.dedent(
             vxlp_ops.sgm_mask(torch.rand(2, 3, 300, device=dev).to(dt), 0.5, 0.75, generator=gen)
             vis, qry = leaf(2, 37, 24, dtype=dt), leaf(2, 3, 24, dtype=dt)
             back(vxlp_ops.query_topk_gather(vis, qry, 5, True), (vis, qry))
+        # the CuTe forward paths of temporal_merge_conv3d, each forced where it can run (tails in M, Cout, K)
+        for path in ("cute_sm90", "cute_sm80"):
+            os.environ["VXLP_CONV_FWD_PATH"] = path
+            for g, t, h, w, cin, cout, st in ((1, 4, 5, 3, 8, 16, 2), (2, 4, 6, 6, 72, 200, 2)):
+                x = leaf(g, t, h, w, cin, dtype=torch.bfloat16)
+                wt = leaf(cout, cin, 3, 3, 3, dtype=torch.bfloat16, scale=0.1)
+                try:
+                    torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, wt, None, st)
+                except RuntimeError:
+                    continue  # not on this device / build
+                vxlp_ops.temporal_merge_conv3d(x, wt, leaf(cout, dtype=torch.bfloat16), st)
+            del os.environ["VXLP_CONV_FWD_PATH"]
     torch.cuda.synchronize()
     print("SANITIZER_SCRIPT_DONE")
     """

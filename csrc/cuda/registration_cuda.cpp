@@ -4,7 +4,9 @@
 //
 // cuda_temporal_merge_conv3d(_backward) take the weight optionally already laid out for the GEMM (weight_rows
 // [Cout, 27·Cin], weight_cols [Cin, 27·Cout], (kt, kh, kw, channel) order), so that the Python side can lay a
-// weight out once per weight state (vxlp_ops/_layout_cache.py) instead of on every call.
+// weight out once per weight state (vxlp_ops/_layout_cache.py) instead of on every call;
+// cuda_temporal_merge_conv3d_forward_path names the forward path such a call takes (cute_sm90 / cute_sm80 / mma,
+// temporal_merge_conv3d.cu; no Meta implementation: it is never traced).
 //
 // cuda_sgm_mask takes the uniform noise [G, T, n_pool] drawn on the Python side with torch.rand exactly as the
 // reference does (so that masks match it bit for bit) and the masked count n_mask.
@@ -35,6 +37,9 @@ TORCH_LIBRARY_FRAGMENT(vxlp_ops, m) {
   m.def(
       "cuda_temporal_merge_conv3d_backward(Tensor grad_out, Tensor x, Tensor weight, int stride_t=2,"
       " Tensor? weight_cols=None) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "cuda_temporal_merge_conv3d_forward_path(Tensor x, Tensor weight, Tensor? bias=None, int stride_t=2)"
+      " -> str");
   m.def("cuda_sgm_scores(Tensor x, Tensor temp_query, Tensor spatial_query) -> Tensor");
   m.def(
       "cuda_sgm_scores_backward(Tensor grad_scores, Tensor x, Tensor temp_query, Tensor spatial_query)"

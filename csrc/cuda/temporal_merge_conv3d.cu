@@ -18,11 +18,23 @@
 // The weight enters the forward as [Cout, 27·Cin] rows and the input gradient as [Cin, 27·Cout]; the Python side
 // passes both laid out once per weight state (weight_rows / weight_cols, vxlp_ops/_layout_cache.py), and
 // laid_out() re-lays them here only when called without.
+//
+// Forward paths (fp16 / bf16; fp32 always takes the mma kernel): "cute_sm90" (wgmma + TMA, sm_90a) and
+// "cute_sm80" (CuTe SM80 mma atoms + cp.async) in temporal_merge_conv3d_cute.cu, or "mma" (gemm_kernel above,
+// with split-K). Chosen per call by forward_path(): the environment variable VXLP_CONV_FWD_PATH = auto (default) |
+// cute_sm90 | cute_sm80 | mma; auto takes cute_sm90, else cute_sm80, when the path supports the device and shape
+// and its 128 × 128 output tiles fill the GPU (≥ one per SM), else mma (split-K). Forcing a path that cannot run
+// is an error naming the reason. The backward always runs the mma kernel (dgrad / wgrad).
+// cuda_temporal_merge_conv3d_forward_path(x, weight, bias, stride_t) returns the name of the path a call would
+// take (tests and benchmarks name it).
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "common.cuh"
+#include "temporal_merge_conv3d_cute.cuh"
 
 namespace vxlp_cuda {
 namespace {
@@ -371,6 +383,75 @@ at::Tensor laid_out(const at::Tensor& weight, const std::optional<at::Tensor>& g
   return weight.permute({0, 2, 3, 4, 1}).reshape({rows, cols}).contiguous();
 }
 
+// ------------------------------------------------------------------------------------------------ forward path
+enum class FwdPath { kMma, kCuteSm80, kCuteSm90 };
+
+const char* fwd_path_name(FwdPath p) {
+  return p == FwdPath::kMma ? "mma" : (p == FwdPath::kCuteSm90 ? "cute_sm90" : "cute_sm80");
+}
+
+struct FwdChoice {
+  FwdPath path;
+  std::string why;  // for auto: why the faster paths were not taken
+};
+
+conv_cute::FwdProblem cute_problem(const at::Tensor& x, const ConvGeom& c, const at::Tensor& wr,
+                                   const std::optional<at::Tensor>& bias, const at::Tensor& out) {
+  conv_cute::FwdProblem p{};
+  p.x = x.data_ptr();
+  p.wr = wr.data_ptr();
+  p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
+  p.out = out.defined() ? out.data_ptr() : nullptr;
+  p.bf16 = x.scalar_type() == at::kBFloat16;
+  p.G = c.G, p.T = c.T, p.H = c.H, p.W = c.W, p.Cin = c.Cin, p.Cout = c.Cout, p.To = c.To, p.st = c.st;
+  p.M = c.M, p.K = 27 * c.Cin;
+  return p;
+}
+
+// The forward path of this call (see the top of the file). `out` may be undefined (path queries).
+FwdChoice forward_path(const at::Tensor& x, const ConvGeom& c, const at::Tensor& wr,
+                       const std::optional<at::Tensor>& bias, const at::Tensor& out) {
+  const char* env = std::getenv("VXLP_CONV_FWD_PATH");
+  const std::string want = env != nullptr ? env : "";
+  TORCH_CHECK(want.empty() || want == "auto" || want == "cute_sm90" || want == "cute_sm80" || want == "mma", OP,
+              ": VXLP_CONV_FWD_PATH must be one of auto, cute_sm90, cute_sm80, mma, got '", want, "'");
+  if (want == "mma") return {FwdPath::kMma, "forced by VXLP_CONV_FWD_PATH"};
+  const bool low = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  const conv_cute::FwdProblem p = cute_problem(x, c, wr, bias, out);
+  const int device = x.get_device();
+  auto reason = [&](conv_cute::Path path) -> const char* {
+    if (!low) return "needs float16 / bfloat16 (float32 takes the mma kernel)";
+    return conv_cute::unsupported(path, p, device);
+  };
+  if (want == "cute_sm90" || want == "cute_sm80") {
+    const conv_cute::Path path = want == "cute_sm90" ? conv_cute::Path::kSm90 : conv_cute::Path::kSm80;
+    const char* r = reason(path);
+    TORCH_CHECK(r == nullptr, OP, ": VXLP_CONV_FWD_PATH=", want, " cannot run here: ", r);
+    return {path == conv_cute::Path::kSm90 ? FwdPath::kCuteSm90 : FwdPath::kCuteSm80, "forced by VXLP_CONV_FWD_PATH"};
+  }
+  // auto
+  const int64_t tiles = cdiv(c.M, 128) * cdiv(c.Cout, 128);
+  if (low && tiles < num_sms(device)) return {FwdPath::kMma, "fewer 128 x 128 output tiles than SMs (split-K)"};
+  const char* r90 = reason(conv_cute::Path::kSm90);
+  if (r90 == nullptr) return {FwdPath::kCuteSm90, ""};
+  const char* r80 = reason(conv_cute::Path::kSm80);
+  if (r80 == nullptr) return {FwdPath::kCuteSm80, std::string("cute_sm90: ") + r90};
+  return {FwdPath::kMma, std::string("cute_sm90: ") + r90 + "; cute_sm80: " + r80};
+}
+
+// "<path>" or "<path> (<why the faster paths were not taken>)" for cuda_temporal_merge_conv3d with these args.
+std::string conv_forward_path(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              int64_t stride_t) {
+  check_args(x, weight, stride_t);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const ConvGeom c = make_geom(x, weight, stride_t);
+  // the laid-out weight the forward would use is a fresh contiguous tensor: 16-byte aligned like `weight`'s storage
+  const FwdChoice ch = forward_path(x, c, weight, bias, at::Tensor());
+  std::string s = fwd_path_name(ch.path);
+  if (!ch.why.empty()) s += " (" + ch.why + ")";
+  return s;
+}
+
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         int64_t stride_t, const std::optional<at::Tensor>& weight_rows) {
   check_args(x, weight, stride_t);
@@ -385,6 +466,12 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const std
   const int K = 27 * c.Cin;
   at::Tensor out = at::empty({c.G, c.To, c.H, c.W, c.Cout}, x.options());
   const at::Tensor wr = laid_out(weight, weight_rows, false);
+  const FwdChoice choice = forward_path(x, c, wr, bias, out);
+  if (choice.path != FwdPath::kMma) {
+    conv_cute::run(choice.path == FwdPath::kCuteSm90 ? conv_cute::Path::kSm90 : conv_cute::Path::kSm80,
+                   cute_problem(x, c, wr, bias, out), stream);
+    return out;
+  }
   // split K when the output tiles alone cannot fill the GPU (≥ 8 k-steps per split, ≤ 16 splits)
   const int64_t tiles = cdiv(c.M, GM) * cdiv(c.Cout, GN);
   const int64_t want = 2 * num_sms(x.get_device());
@@ -478,4 +565,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(const at::Tensor& g
 TORCH_LIBRARY_IMPL(vxlp_ops, CUDA, m) {
   m.impl("cuda_temporal_merge_conv3d", &vxlp_cuda::conv_forward);
   m.impl("cuda_temporal_merge_conv3d_backward", &vxlp_cuda::conv_backward);
+  m.impl("cuda_temporal_merge_conv3d_forward_path", &vxlp_cuda::conv_forward_path);
 }

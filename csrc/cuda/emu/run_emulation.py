@@ -62,6 +62,20 @@ def _write_if_changed(path: str, text: str) -> None:
         f.write(text)
 
 
+def _cutlass_include(cuda_home: str) -> list[str]:
+    """The CUTLASS/CuTe headers (nvidia-cutlass) and the CCCL headers they need (cuda/std/...), when installed:
+    with them the CuTe forward of temporal_merge_conv3d (cute_sm80) is emulated too; without, it compiles to
+    "unsupported" (temporal_merge_conv3d_cute.cuh)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cutlass_library")
+    inc = os.path.join(os.path.dirname(spec.origin), "source", "include") if spec and spec.origin else ""
+    cccl = os.path.join(cuda_home, "include", "cccl")
+    if not inc or not os.path.isdir(inc) or not os.path.isdir(cccl):
+        return []
+    return [inc, cccl]
+
+
 def build(build_dir: str):
     from torch.utils.cpp_extension import load
 
@@ -87,7 +101,7 @@ def build(build_dir: str):
     load(
         name="vxlp_cuda_emu",
         sources=sources,
-        extra_include_paths=[src_dir, HERE, shim, CSRC, os.path.join(cuda_home, "include")],
+        extra_include_paths=[src_dir, HERE, shim, CSRC, os.path.join(cuda_home, "include")] + _cutlass_include(cuda_home),
         extra_cflags=["-std=c++20", "-O2", "-DVXLP_EMULATE", "-DVXLP_WITH_CUDA", "-fno-strict-aliasing", "-w"],
         build_directory=build_dir,
         is_python_module=False,
@@ -255,6 +269,117 @@ def check_conv(ref):
         print(f"  ok   conv3d: a wrongly laid-out weight_rows is refused ({str(e).splitlines()[0][:70]})")
 
 
+def check_conv_cute(ref):
+    """The cute_sm80 forward of temporal_merge_conv3d (CuTe kernel code with an emulated mma atom, see
+    temporal_merge_conv3d_cute.cu), forced with VXLP_CONV_FWD_PATH, against the float64 reference: tails in M, N
+    (Cout) and K (27·Cin not a multiple of 64), H = W = 1 (every tap clamped), stride 1 and 3; and the path
+    selection (forward_path op, refusals naming the reason)."""
+    ops = torch.ops.vxlp_ops
+    x0, w0 = rnd(1, 3, 2, 2, 8, dtype=torch.bfloat16), rnd(8, 8, 3, 3, 3, dtype=torch.bfloat16)
+    if "no CUTLASS" in ops.cuda_temporal_merge_conv3d_forward_path(x0, w0, None, 2) or "no CUTLASS" in _path_of(
+        "cute_sm80", x0, w0
+    ):
+        print("  SKIP cute_sm80: the emulation was built without the CUTLASS/CuTe headers")
+        return
+    # what cannot run here of cute_sm90: its shared-memory layouts (the gather's target addresses, the layouts the
+    # wgmma descriptors / TMA box are built from) are the canonical 128-byte swizzle; the loaders cover each chunk
+    import ctypes
+
+    lib = next(p for p in torch.ops.loaded_libraries if "vxlp_cuda_emu" in os.path.basename(p))
+    bad = ctypes.CDLL(lib).vxlp_emu_conv_cute_layout_mismatches()
+    print(f"  {'ok  ' if bad == 0 else 'FAIL'} cute_sm90 / cute_sm80 smem layouts (128-byte swizzle) and loader coverage: {bad} mismatches")
+    if bad:
+        FAILS.append("conv3d cute smem layouts")
+    cases = [
+        (1, 4, 5, 5, 8, 8, 2),
+        (2, 3, 3, 4, 16, 24, 2),
+        (1, 2, 1, 1, 8, 8, 1),
+        (1, 4, 4, 6, 40, 136, 3),
+        (1, 3, 9, 15, 16, 16, 1),
+        (1, 4, 6, 6, 72, 72, 2),
+    ]
+    for dt in (torch.bfloat16, torch.float16):
+        for g, t, h, w, cin, cout, st in cases if dt == torch.bfloat16 else cases[2:5]:  # fp16: only the atom differs
+            x = rnd(g, t, h, w, cin, dtype=dt)
+            wt = rnd(cout, cin, 3, 3, 3, dtype=dt, scale=0.2)
+            for b in (rnd(cout, dtype=dt), None):
+                tag = f"conv3d cute_sm80 {str(dt)[6:]} G{g} T{t} H{h} W{w} Cin{cin} Cout{cout} st{st} bias={b is not None}"
+                with _fwd_path("cute_sm80"):
+                    path = ops.cuda_temporal_merge_conv3d_forward_path(x, wt, b, st)
+                    out = ops.cuda_temporal_merge_conv3d(x, wt, b, st)
+                    again = ops.cuda_temporal_merge_conv3d(x, wt, b, st)
+                if path != "cute_sm80 (forced by VXLP_CONV_FWD_PATH)":
+                    FAILS.append(tag + " path")
+                    print(f"  FAIL {tag}: path {path!r}")
+                check(tag + " fwd", out, ref.temporal_merge_conv3d(*d64(x, wt, b), st), dt)
+                if not torch.equal(out, again):
+                    FAILS.append(tag + " deterministic")
+                    print(f"  FAIL {tag}: two runs differ")
+    # selection: fp32 never takes a CuTe path; Cin % 8 != 0 cannot; sm90 is not emulated; bad values are refused
+    x3, w3 = rnd(1, 3, 2, 2, 3, dtype=torch.bfloat16), rnd(8, 3, 3, 3, 3, dtype=torch.bfloat16)
+    xf, wf = rnd(1, 3, 2, 2, 8), rnd(8, 8, 3, 3, 3)
+    expect = [
+        ("cute_sm80", x3, w3, "Cin % 8"),
+        ("cute_sm80", xf, wf, "float16 / bfloat16"),
+        ("cute_sm90", x0, w0, "emulation"),
+        ("fastest", x0, w0, "must be one of"),
+    ]
+    for want, x, w, needle in expect:
+        try:
+            with _fwd_path(want):
+                ops.cuda_temporal_merge_conv3d(x, w, None, 2)
+            ok, msg = False, "accepted"
+        except RuntimeError as e:
+            msg = str(e).splitlines()[0]
+            ok = needle in msg
+        print(f"  {'ok  ' if ok else 'FAIL'} VXLP_CONV_FWD_PATH={want} refused (...{msg[-70:]})")
+        if not ok:
+            FAILS.append(f"conv3d path {want} refusal")
+    with _fwd_path("auto"):
+        auto_small = ops.cuda_temporal_merge_conv3d_forward_path(x0, w0, None, 2)  # 1 tile < 4 emulated SMs
+        auto_f32 = ops.cuda_temporal_merge_conv3d_forward_path(xf, wf, None, 2)
+    for got, want in ((auto_small, "mma (fewer"), (auto_f32, "mma (cute_sm90: needs float16 / bfloat16")):
+        ok = got.startswith(want)
+        print(f"  {'ok  ' if ok else 'FAIL'} auto path: {got}")
+        if not ok:
+            FAILS.append("conv3d auto path")
+    xb = rnd(4, 4, 12, 12, 8, dtype=torch.bfloat16)  # 4·2·144 = 1152 rows: 9 tiles >= 4 emulated SMs
+    with _fwd_path(None):
+        got = ops.cuda_temporal_merge_conv3d_forward_path(xb, w0, None, 2)
+    ok = got.startswith("cute_sm80 (cute_sm90: wgmma / TMA cannot run")
+    print(f"  {'ok  ' if ok else 'FAIL'} auto path, enough tiles: {got}")
+    if not ok:
+        FAILS.append("conv3d auto path (large)")
+
+
+def _path_of(want, x, w):
+    try:
+        with _fwd_path(want):
+            return torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, w, None, 2)
+    except RuntimeError as e:
+        return str(e)
+
+
+class _fwd_path:
+    """Sets (None: unsets) VXLP_CONV_FWD_PATH for the block, restoring it after."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __enter__(self):
+        self.old = os.environ.get("VXLP_CONV_FWD_PATH")
+        if self.value is None:
+            os.environ.pop("VXLP_CONV_FWD_PATH", None)
+        else:
+            os.environ["VXLP_CONV_FWD_PATH"] = self.value
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("VXLP_CONV_FWD_PATH", None)
+        else:
+            os.environ["VXLP_CONV_FWD_PATH"] = self.old
+
+
 def check_sgm(ref):
     ops = torch.ops.vxlp_ops
     from vxlp_ops.reference.sgm import mask_counts
@@ -408,7 +533,7 @@ def check_glue(ref):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ops", default="frame_attention,temporal_attention,conv,sgm,qtg,glue,meta")
+    ap.add_argument("--ops", default="frame_attention,temporal_attention,conv,conv_cute,sgm,qtg,glue,meta")
     ap.add_argument("--build-dir", default=os.path.join(tempfile.gettempdir(), "vxlp_cuda_emu"))
     a = ap.parse_args()
     sys.path.insert(0, REPO)
@@ -424,6 +549,7 @@ def main() -> int:
         "frame_attention_work": lambda ref: check_frame_attention_work(),
         "temporal_attention": check_temporal_attention,
         "conv": check_conv,
+        "conv_cute": check_conv_cute,
         "sgm": check_sgm,
         "qtg": check_qtg,
         "glue": check_glue,
