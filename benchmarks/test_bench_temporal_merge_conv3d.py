@@ -8,7 +8,7 @@ already replicate-padded and channels-first (``torch_conv3d``), or padded and in
 
 The ``cuda`` rows note the forward path the kernel took (``cute_sm90`` / ``cute_sm80`` / ``mma``,
 csrc/cuda/temporal_merge_conv3d.cu); ``test_temporal_merge_conv3d_forward_path`` adds one forward row per path,
-forced with ``VXLP_CONV_FWD_PATH`` (case name ``... [path]``; skipped where the path cannot run).
+forced with ``vxlp_ops.dispatch.use_conv_forward_path`` (case name ``... [path]``; skipped where the path cannot run).
 """
 
 import pytest
@@ -57,8 +57,9 @@ def _collect(out, grads):
     return d
 
 
-def _path_note(shape_x, c: int) -> str:
-    """The forward path the cuda backend takes for x of ``shape_x`` (bf16 / the benchmark dtype), or ""."""
+def _path_note(shape_x, c: int, path: str = "auto") -> str:
+    """The forward path the cuda backend takes for x of ``shape_x`` (bf16 / the benchmark dtype) when ``path`` is
+    asked for, or ""."""
     if not B.CUDA:
         return ""
     from vxlp_ops import _cuda
@@ -68,7 +69,7 @@ def _path_note(shape_x, c: int) -> str:
     try:
         x = torch.empty(shape_x, device="cuda", dtype=B.DTYPE)
         w = torch.empty((c, c, 3, 3, 3), device="cuda", dtype=B.DTYPE)
-        return "forward path: " + torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, w, None, STRIDE_T)
+        return "forward path: " + torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, w, None, STRIDE_T, path)
     except (RuntimeError, AttributeError) as e:
         return f"forward path unknown: {str(e).splitlines()[0]}"
 
@@ -135,13 +136,14 @@ FWD_PATHS = ["cute_sm90", "cute_sm80", "mma"]
 
 @pytest.mark.parametrize("path", FWD_PATHS)
 @pytest.mark.parametrize("stage", list(STAGES), ids=[s.split()[0] for s in STAGES])
-def test_temporal_merge_conv3d_forward_path(benchmark, ceilings, stage, path, monkeypatch):
-    """The cuda forward with each path forced (VXLP_CONV_FWD_PATH); skipped where the path cannot run."""
+def test_temporal_merge_conv3d_forward_path(benchmark, ceilings, stage, path):
+    """The cuda forward with each path forced (vxlp_ops.dispatch.use_conv_forward_path); skipped where the path
+    cannot run."""
     if not B.CUDA:
         pytest.skip("needs a CUDA device")
-    monkeypatch.setenv("VXLP_CONV_FWD_PATH", path)
     case = make_case(stage, "fwd", path)
-    case.note = _path_note(case.shapes["x"], case.shapes["weight"][0])
+    case.note = _path_note(case.shapes["x"], case.shapes["weight"][0], path)
     if not case.note.startswith(f"forward path: {path}"):
         pytest.skip(f"{path} cannot run here: {case.note}")
-    B.run_case(benchmark, case, "cuda", ceilings)
+    with vxlp_ops.dispatch.use_conv_forward_path(path):
+        B.run_case(benchmark, case, "cuda", ceilings)

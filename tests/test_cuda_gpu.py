@@ -258,7 +258,8 @@ def test_temporal_merge_conv3d_no_bias():
     _run_conv((1, 4, 5, 6, 8, 16, 2), F32, bias=False)
 
 
-# The forward paths (csrc/cuda/temporal_merge_conv3d.cu: VXLP_CONV_FWD_PATH = cute_sm90 | cute_sm80 | mma), each
+# The forward paths (csrc/cuda/temporal_merge_conv3d.cu; vxlp_ops.dispatch.use_conv_forward_path: cute_sm90 |
+# cute_sm80 | mma), each
 # forced against the float64 reference: odd shapes with tails in M, Cout and K = 27·Cin (not a multiple of 64),
 # H = W = 1 (every tap clamped: replicate padding), stride 1 / 3, and the real DTS shapes. Outputs start as NaN
 # (fixture). cute_sm90 must be available on an sm_90 device when the build targets 9.0a (TORCH_CUDA_ARCH_LIST).
@@ -273,14 +274,13 @@ CONV_PATH_SHAPES = [  # Cin % 8 == 0 (what the CuTe paths need)
 CONV_PATHS = ["cute_sm90", "cute_sm80", "mma"]
 
 
-def _conv_path(path: str, monkeypatch, x, wt) -> None:
-    """Forces ``path`` for the forward (skips where the device cannot run it) and checks that the op takes it."""
-    monkeypatch.setenv("VXLP_CONV_FWD_PATH", path)
+def _conv_path(path: str, x, wt) -> None:
+    """Skips where the device cannot run the forward ``path``; checks that the op takes it when forced."""
     cap = torch.cuda.get_device_capability()
     if path == "cute_sm90" and cap != (9, 0):
         pytest.skip(f"cute_sm90 needs an sm_90 device, got sm_{cap[0]}{cap[1]}")
     try:
-        got = torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, wt, None, 2)
+        got = torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, wt, None, 2, path)
     except RuntimeError as e:
         arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
         if "no CUTLASS" in str(e) or (path == "cute_sm90" and "9.0a" not in arch_list):
@@ -292,7 +292,7 @@ def _conv_path(path: str, monkeypatch, x, wt) -> None:
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=dn)
 @pytest.mark.parametrize("shape", CONV_PATH_SHAPES + CONV_DTS, ids=str)
 @pytest.mark.parametrize("path", CONV_PATHS)
-def test_temporal_merge_conv3d_forward_paths(path, shape, dtype, monkeypatch):
+def test_temporal_merge_conv3d_forward_paths(path, shape, dtype):
     need("temporal_merge_conv3d")
     g, t, h, w, cin, cout, st = shape
     big = g * t * h * w * cin * cout > 10**8
@@ -301,8 +301,8 @@ def test_temporal_merge_conv3d_forward_paths(path, shape, dtype, monkeypatch):
         x = rnd(g, t, h, w, cin, dtype=dtype)
         wt = rnd(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5)
         b = rnd(cout, dtype=dtype) if bias else None
-        _conv_path(path, monkeypatch, x, wt)
-        with vxlp_ops.use_backend("cuda"):
+        _conv_path(path, x, wt)
+        with vxlp_ops.use_backend("cuda"), vxlp_ops.dispatch.use_conv_forward_path(path):
             out = vxlp_ops.temporal_merge_conv3d(x, wt, b, st)
             again = vxlp_ops.temporal_merge_conv3d(x, wt, b, st)
         tag = f"temporal_merge_conv3d forward {path} {dn(dtype)} {shape} bias={bias}"
@@ -313,7 +313,7 @@ def test_temporal_merge_conv3d_forward_paths(path, shape, dtype, monkeypatch):
 
 def test_temporal_merge_conv3d_forward_path_auto():
     """auto takes cute_sm90 on an H100 / H200 build with 9.0a, cute_sm80 on other sm_80+ devices, for the DTS
-    shapes; fp32 and Cin % 8 != 0 take mma; a bad VXLP_CONV_FWD_PATH is refused naming the variable."""
+    shapes; fp32 and Cin % 8 != 0 take mma; a bad forward_path is refused naming the argument."""
     need("temporal_merge_conv3d")
     q = torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path
     x, wt = rnd(2, 4, 24, 24, 1152, dtype=BF16), rnd(1152, 1152, 3, 3, 3, dtype=BF16)
@@ -324,12 +324,8 @@ def test_temporal_merge_conv3d_forward_path_auto():
         assert got.startswith(want), got
     assert q(x.float(), wt.float(), None, 2).startswith("mma"), q(x.float(), wt.float(), None, 2)
     assert q(rnd(2, 4, 24, 24, 12, dtype=BF16), rnd(1152, 12, 3, 3, 3, dtype=BF16), None, 2).startswith("mma")
-    os.environ["VXLP_CONV_FWD_PATH"] = "fastest"
-    try:
-        with pytest.raises(RuntimeError, match="VXLP_CONV_FWD_PATH"):
-            q(x, wt, None, 2)
-    finally:
-        del os.environ["VXLP_CONV_FWD_PATH"]
+    with pytest.raises(RuntimeError, match="forward_path"):
+        q(x, wt, None, 2, "fastest")
 
 
 # ---------------------------------------------------------------------------------------------- sgm_scores
@@ -516,16 +512,15 @@ SANITIZER_SCRIPT = textwrap.dedent(
             back(vxlp_ops.query_topk_gather(vis, qry, 5, True), (vis, qry))
         # the CuTe forward paths of temporal_merge_conv3d, each forced where it can run (tails in M, Cout, K)
         for path in ("cute_sm90", "cute_sm80"):
-            os.environ["VXLP_CONV_FWD_PATH"] = path
             for g, t, h, w, cin, cout, st in ((1, 4, 5, 3, 8, 16, 2), (2, 4, 6, 6, 72, 200, 2)):
                 x = leaf(g, t, h, w, cin, dtype=torch.bfloat16)
                 wt = leaf(cout, cin, 3, 3, 3, dtype=torch.bfloat16, scale=0.1)
                 try:
-                    torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, wt, None, st)
+                    torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, wt, None, st, path)
                 except RuntimeError:
                     continue  # not on this device / build
-                vxlp_ops.temporal_merge_conv3d(x, wt, leaf(cout, dtype=torch.bfloat16), st)
-            del os.environ["VXLP_CONV_FWD_PATH"]
+                with vxlp_ops.dispatch.use_conv_forward_path(path):
+                    vxlp_ops.temporal_merge_conv3d(x, wt, leaf(cout, dtype=torch.bfloat16), st)
     torch.cuda.synchronize()
     print("SANITIZER_SCRIPT_DONE")
     """

@@ -248,3 +248,37 @@ def test_extension_was_built_by_the_install():
 
     assert vxlp_ops._ext.EXTENSION_ERROR is None, vxlp_ops._ext.EXTENSION_ERROR
     assert "site-packages" in vxlp_ops.__file__, f"tests must exercise the installed package, got {vxlp_ops.__file__}"
+
+
+# ---------------------------------------------------------------------------------------------- conv forward path
+
+
+def test_conv_forward_path_setting_reaches_the_cuda_op(monkeypatch):
+    """dispatch.use_conv_forward_path is validated, restored on exit, and read by the cuda backend at every call
+    (it becomes the cuda op's forward_path argument; nothing comes from the environment)."""
+    from vxlp_ops import _cuda
+
+    calls = []
+
+    class FakeOps:
+        def cuda_temporal_merge_conv3d(self, *args):
+            calls.append(args[-1])
+            return args[0]
+
+    monkeypatch.setattr(_cuda, "_ops", FakeOps())
+    x, w = torch.randn(1, 3, 2, 2, 8), torch.randn(8, 8, 3, 3, 3)
+    assert dispatch.conv_forward_path() == "auto"
+    _cuda._conv_forward(x, w, None, 2)
+    with dispatch.use_conv_forward_path("cute_sm80"):
+        _cuda._conv_forward(x, w, None, 2)
+        with dispatch.use_conv_forward_path("mma"):
+            _cuda._conv_forward(x, w, None, 2)
+        _cuda._conv_forward(x, w, None, 2)
+    _cuda._conv_forward(x, w, None, 2)
+    assert calls == ["auto", "cute_sm80", "mma", "cute_sm80", "auto"]
+    with pytest.raises(ValueError, match="path must be one of"):
+        dispatch.set_conv_forward_path("fastest")
+    with pytest.raises(ValueError, match="path must be one of"):
+        with dispatch.use_conv_forward_path("cute"):
+            pass
+    assert dispatch.conv_forward_path() == "auto"

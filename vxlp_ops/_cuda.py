@@ -138,7 +138,7 @@ def _ta_reasons(q, k, v, rel_k, rel_v, transposed_rel_k=False):
 def _conv_forward(x, weight, bias=None, stride_t=2):
     # the [Cout, 27·Cin] GEMM layout of the weight, laid out once per weight state (vxlp_ops._layout_cache)
     rows = conv_weight(weight, "rows")
-    return _ops.cuda_temporal_merge_conv3d(_c(x), _c(weight), _c(bias), int(stride_t), rows)
+    return _ops.cuda_temporal_merge_conv3d(_c(x), _c(weight), _c(bias), int(stride_t), rows, dispatch.conv_forward_path())
 
 
 def _conv_backward(grad_out, x, weight, stride_t=2):

@@ -181,6 +181,38 @@ def use_backend(backend: str | None):
         _FORCED = old
 
 
+CONV_FORWARD_PATHS = ("auto", "cute_sm90", "cute_sm80", "mma")
+_CONV_FORWARD_PATH = "auto"
+
+
+def set_conv_forward_path(path: str) -> None:
+    """Pick the CUDA kernel of the ``temporal_merge_conv3d`` forward (the ``cuda`` backend, fp16 / bf16):
+    ``"auto"`` (default: ``cute_sm90`` — wgmma + TMA, sm_90a —, else ``cute_sm80`` — CuTe SM80 MMA —, when the
+    device, shape and tile count suit it, else ``"mma"``, the hand-written mma.sync implicit GEMM with split-K), or
+    one of them forced. Forcing a path that cannot run on a call's arguments makes that call raise
+    ``RuntimeError`` naming the reason. Read at every call; raises ``ValueError`` for an unknown name."""
+    global _CONV_FORWARD_PATH
+    if path not in CONV_FORWARD_PATHS:
+        raise ValueError(f"path must be one of {', '.join(CONV_FORWARD_PATHS)}, got {path!r}")
+    _CONV_FORWARD_PATH = path
+
+
+def conv_forward_path() -> str:
+    """The ``temporal_merge_conv3d`` CUDA forward path set by :func:`set_conv_forward_path` (default ``"auto"``)."""
+    return _CONV_FORWARD_PATH
+
+
+@contextlib.contextmanager
+def use_conv_forward_path(path: str):
+    """Context manager form of :func:`set_conv_forward_path`."""
+    old = _CONV_FORWARD_PATH
+    set_conv_forward_path(path)
+    try:
+        yield
+    finally:
+        set_conv_forward_path(old)
+
+
 def select(op: str, args: tuple) -> tuple[str, Impl]:
     """Pick the backend for ``op`` on ``args``; raises :class:`NoBackendError` listing every refusal."""
     candidates = (_FORCED,) if _FORCED is not None else priority(op)

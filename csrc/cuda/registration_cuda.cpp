@@ -5,8 +5,9 @@
 // cuda_temporal_merge_conv3d(_backward) take the weight optionally already laid out for the GEMM (weight_rows
 // [Cout, 27·Cin], weight_cols [Cin, 27·Cout], (kt, kh, kw, channel) order), so that the Python side can lay a
 // weight out once per weight state (vxlp_ops/_layout_cache.py) instead of on every call;
-// cuda_temporal_merge_conv3d_forward_path names the forward path such a call takes (cute_sm90 / cute_sm80 / mma,
-// temporal_merge_conv3d.cu; no Meta implementation: it is never traced).
+// Their forward_path argument ("auto" | "cute_sm90" | "cute_sm80" | "mma") picks the forward kernel
+// (temporal_merge_conv3d.cu); cuda_temporal_merge_conv3d_forward_path names the path such a call takes (no Meta
+// implementation: it is never traced).
 //
 // cuda_sgm_mask takes the uniform noise [G, T, n_pool] drawn on the Python side with torch.rand exactly as the
 // reference does (so that masks match it bit for bit) and the masked count n_mask.
@@ -33,13 +34,13 @@ TORCH_LIBRARY_FRAGMENT(vxlp_ops, m) {
       " Tensor rel_v, bool transposed_rel_k=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "cuda_temporal_merge_conv3d(Tensor x, Tensor weight, Tensor? bias=None, int stride_t=2,"
-      " Tensor? weight_rows=None) -> Tensor");
+      " Tensor? weight_rows=None, str forward_path=\"auto\") -> Tensor");
   m.def(
       "cuda_temporal_merge_conv3d_backward(Tensor grad_out, Tensor x, Tensor weight, int stride_t=2,"
       " Tensor? weight_cols=None) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "cuda_temporal_merge_conv3d_forward_path(Tensor x, Tensor weight, Tensor? bias=None, int stride_t=2)"
-      " -> str");
+      "cuda_temporal_merge_conv3d_forward_path(Tensor x, Tensor weight, Tensor? bias=None, int stride_t=2,"
+      " str forward_path=\"auto\") -> str");
   m.def("cuda_sgm_scores(Tensor x, Tensor temp_query, Tensor spatial_query) -> Tensor");
   m.def(
       "cuda_sgm_scores_backward(Tensor grad_scores, Tensor x, Tensor temp_query, Tensor spatial_query)"
@@ -79,7 +80,7 @@ T5 ta_bwd_meta(const Tensor&, const Tensor& q, const Tensor& k, const Tensor& v,
   return {like(q), like(k), like(v), like(rk), like(rv)};
 }
 Tensor conv_meta(const Tensor& x, const Tensor& w, const std::optional<Tensor>&, int64_t stride_t,
-                 const std::optional<Tensor>&) {
+                 const std::optional<Tensor>&, c10::string_view) {
   TORCH_CHECK(x.dim() == 5 && w.dim() == 5 && stride_t >= 1, "cuda_temporal_merge_conv3d: bad arguments");
   const int64_t t_out = (x.size(1) + 1 - 3) / stride_t + 1;
   return at::empty({x.size(0), t_out, x.size(2), x.size(3), w.size(0)}, x.options());

@@ -21,16 +21,16 @@
 //
 // Forward paths (fp16 / bf16; fp32 always takes the mma kernel): "cute_sm90" (wgmma + TMA, sm_90a) and
 // "cute_sm80" (CuTe SM80 mma atoms + cp.async) in temporal_merge_conv3d_cute.cu, or "mma" (gemm_kernel above,
-// with split-K). Chosen per call by forward_path(): the environment variable VXLP_CONV_FWD_PATH = auto (default) |
-// cute_sm90 | cute_sm80 | mma; auto takes cute_sm90, else cute_sm80, when the path supports the device and shape
+// with split-K). Chosen per call by forward_path() from the op argument forward_path = "auto" (default) |
+// "cute_sm90" | "cute_sm80" | "mma" (set from Python by vxlp_ops.dispatch.use_conv_forward_path; nothing is read
+// from the environment); auto takes cute_sm90, else cute_sm80, when the path supports the device and shape
 // and its 128 × 128 output tiles fill the GPU (≥ one per SM), else mma (split-K). Forcing a path that cannot run
 // is an error naming the reason. The backward always runs the mma kernel (dgrad / wgrad).
-// cuda_temporal_merge_conv3d_forward_path(x, weight, bias, stride_t) returns the name of the path a call would
-// take (tests and benchmarks name it).
+// cuda_temporal_merge_conv3d_forward_path(x, weight, bias, stride_t, forward_path) returns the name of the path a
+// call would take (tests and benchmarks name it).
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 
 #include "common.cuh"
@@ -410,12 +410,11 @@ conv_cute::FwdProblem cute_problem(const at::Tensor& x, const ConvGeom& c, const
 
 // The forward path of this call (see the top of the file). `out` may be undefined (path queries).
 FwdChoice forward_path(const at::Tensor& x, const ConvGeom& c, const at::Tensor& wr,
-                       const std::optional<at::Tensor>& bias, const at::Tensor& out) {
-  const char* env = std::getenv("VXLP_CONV_FWD_PATH");
-  const std::string want = env != nullptr ? env : "";
-  TORCH_CHECK(want.empty() || want == "auto" || want == "cute_sm90" || want == "cute_sm80" || want == "mma", OP,
-              ": VXLP_CONV_FWD_PATH must be one of auto, cute_sm90, cute_sm80, mma, got '", want, "'");
-  if (want == "mma") return {FwdPath::kMma, "forced by VXLP_CONV_FWD_PATH"};
+                       const std::optional<at::Tensor>& bias, const at::Tensor& out, c10::string_view path_arg) {
+  const std::string want(path_arg.data(), path_arg.size());
+  TORCH_CHECK(want == "auto" || want == "cute_sm90" || want == "cute_sm80" || want == "mma", OP,
+              ": forward_path must be one of auto, cute_sm90, cute_sm80, mma, got '", want, "'");
+  if (want == "mma") return {FwdPath::kMma, "forced by forward_path"};
   const bool low = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
   const conv_cute::FwdProblem p = cute_problem(x, c, wr, bias, out);
   const int device = x.get_device();
@@ -426,8 +425,8 @@ FwdChoice forward_path(const at::Tensor& x, const ConvGeom& c, const at::Tensor&
   if (want == "cute_sm90" || want == "cute_sm80") {
     const conv_cute::Path path = want == "cute_sm90" ? conv_cute::Path::kSm90 : conv_cute::Path::kSm80;
     const char* r = reason(path);
-    TORCH_CHECK(r == nullptr, OP, ": VXLP_CONV_FWD_PATH=", want, " cannot run here: ", r);
-    return {path == conv_cute::Path::kSm90 ? FwdPath::kCuteSm90 : FwdPath::kCuteSm80, "forced by VXLP_CONV_FWD_PATH"};
+    TORCH_CHECK(r == nullptr, OP, ": forward_path='", want, "' cannot run here: ", r);
+    return {path == conv_cute::Path::kSm90 ? FwdPath::kCuteSm90 : FwdPath::kCuteSm80, "forced by forward_path"};
   }
   // auto
   const int64_t tiles = cdiv(c.M, 128) * cdiv(c.Cout, 128);
@@ -441,19 +440,19 @@ FwdChoice forward_path(const at::Tensor& x, const ConvGeom& c, const at::Tensor&
 
 // "<path>" or "<path> (<why the faster paths were not taken>)" for cuda_temporal_merge_conv3d with these args.
 std::string conv_forward_path(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                              int64_t stride_t) {
+                              int64_t stride_t, c10::string_view path) {
   check_args(x, weight, stride_t);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeom c = make_geom(x, weight, stride_t);
   // the laid-out weight the forward would use is a fresh contiguous tensor: 16-byte aligned like `weight`'s storage
-  const FwdChoice ch = forward_path(x, c, weight, bias, at::Tensor());
+  const FwdChoice ch = forward_path(x, c, weight, bias, at::Tensor(), path);
   std::string s = fwd_path_name(ch.path);
   if (!ch.why.empty()) s += " (" + ch.why + ")";
   return s;
 }
 
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                        int64_t stride_t, const std::optional<at::Tensor>& weight_rows) {
+                        int64_t stride_t, const std::optional<at::Tensor>& weight_rows, c10::string_view path) {
   check_args(x, weight, stride_t);
   if (bias.has_value()) {
     check_input(*bias, OP, "bias", 1);
@@ -466,7 +465,7 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const std
   const int K = 27 * c.Cin;
   at::Tensor out = at::empty({c.G, c.To, c.H, c.W, c.Cout}, x.options());
   const at::Tensor wr = laid_out(weight, weight_rows, false);
-  const FwdChoice choice = forward_path(x, c, wr, bias, out);
+  const FwdChoice choice = forward_path(x, c, wr, bias, out, path);
   if (choice.path != FwdPath::kMma) {
     conv_cute::run(choice.path == FwdPath::kCuteSm90 ? conv_cute::Path::kSm90 : conv_cute::Path::kSm80,
                    cute_problem(x, c, wr, bias, out), stream);

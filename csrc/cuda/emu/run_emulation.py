@@ -271,7 +271,7 @@ def check_conv(ref):
 
 def check_conv_cute(ref):
     """The cute_sm80 forward of temporal_merge_conv3d (CuTe kernel code with an emulated mma atom, see
-    temporal_merge_conv3d_cute.cu), forced with VXLP_CONV_FWD_PATH, against the float64 reference: tails in M, N
+    temporal_merge_conv3d_cute.cu), forced with the ops' forward_path argument, against the float64 reference: tails in M, N
     (Cout) and K (27·Cin not a multiple of 64), H = W = 1 (every tap clamped), stride 1 and 3; and the path
     selection (forward_path op, refusals naming the reason)."""
     ops = torch.ops.vxlp_ops
@@ -304,11 +304,10 @@ def check_conv_cute(ref):
             wt = rnd(cout, cin, 3, 3, 3, dtype=dt, scale=0.2)
             for b in (rnd(cout, dtype=dt), None):
                 tag = f"conv3d cute_sm80 {str(dt)[6:]} G{g} T{t} H{h} W{w} Cin{cin} Cout{cout} st{st} bias={b is not None}"
-                with _fwd_path("cute_sm80"):
-                    path = ops.cuda_temporal_merge_conv3d_forward_path(x, wt, b, st)
-                    out = ops.cuda_temporal_merge_conv3d(x, wt, b, st)
-                    again = ops.cuda_temporal_merge_conv3d(x, wt, b, st)
-                if path != "cute_sm80 (forced by VXLP_CONV_FWD_PATH)":
+                path = ops.cuda_temporal_merge_conv3d_forward_path(x, wt, b, st, "cute_sm80")
+                out = ops.cuda_temporal_merge_conv3d(x, wt, b, st, None, "cute_sm80")
+                again = ops.cuda_temporal_merge_conv3d(x, wt, b, st, None, "cute_sm80")
+                if path != "cute_sm80 (forced by forward_path)":
                     FAILS.append(tag + " path")
                     print(f"  FAIL {tag}: path {path!r}")
                 check(tag + " fwd", out, ref.temporal_merge_conv3d(*d64(x, wt, b), st), dt)
@@ -326,26 +325,23 @@ def check_conv_cute(ref):
     ]
     for want, x, w, needle in expect:
         try:
-            with _fwd_path(want):
-                ops.cuda_temporal_merge_conv3d(x, w, None, 2)
+            ops.cuda_temporal_merge_conv3d(x, w, None, 2, None, want)
             ok, msg = False, "accepted"
         except RuntimeError as e:
             msg = str(e).splitlines()[0]
             ok = needle in msg
-        print(f"  {'ok  ' if ok else 'FAIL'} VXLP_CONV_FWD_PATH={want} refused (...{msg[-70:]})")
+        print(f"  {'ok  ' if ok else 'FAIL'} forward_path={want} refused (...{msg[-70:]})")
         if not ok:
             FAILS.append(f"conv3d path {want} refusal")
-    with _fwd_path("auto"):
-        auto_small = ops.cuda_temporal_merge_conv3d_forward_path(x0, w0, None, 2)  # 1 tile < 4 emulated SMs
-        auto_f32 = ops.cuda_temporal_merge_conv3d_forward_path(xf, wf, None, 2)
+    auto_small = ops.cuda_temporal_merge_conv3d_forward_path(x0, w0, None, 2, "auto")  # 1 tile < 4 emulated SMs
+    auto_f32 = ops.cuda_temporal_merge_conv3d_forward_path(xf, wf, None, 2, "auto")
     for got, want in ((auto_small, "mma (fewer"), (auto_f32, "mma (cute_sm90: needs float16 / bfloat16")):
         ok = got.startswith(want)
         print(f"  {'ok  ' if ok else 'FAIL'} auto path: {got}")
         if not ok:
             FAILS.append("conv3d auto path")
     xb = rnd(4, 4, 12, 12, 8, dtype=torch.bfloat16)  # 4·2·144 = 1152 rows: 9 tiles >= 4 emulated SMs
-    with _fwd_path(None):
-        got = ops.cuda_temporal_merge_conv3d_forward_path(xb, w0, None, 2)
+    got = ops.cuda_temporal_merge_conv3d_forward_path(xb, w0, None, 2)  # the default: auto
     ok = got.startswith("cute_sm80 (cute_sm90: wgmma / TMA cannot run")
     print(f"  {'ok  ' if ok else 'FAIL'} auto path, enough tiles: {got}")
     if not ok:
@@ -354,30 +350,9 @@ def check_conv_cute(ref):
 
 def _path_of(want, x, w):
     try:
-        with _fwd_path(want):
-            return torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, w, None, 2)
+        return torch.ops.vxlp_ops.cuda_temporal_merge_conv3d_forward_path(x, w, None, 2, want)
     except RuntimeError as e:
         return str(e)
-
-
-class _fwd_path:
-    """Sets (None: unsets) VXLP_CONV_FWD_PATH for the block, restoring it after."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self):
-        self.old = os.environ.get("VXLP_CONV_FWD_PATH")
-        if self.value is None:
-            os.environ.pop("VXLP_CONV_FWD_PATH", None)
-        else:
-            os.environ["VXLP_CONV_FWD_PATH"] = self.value
-
-    def __exit__(self, *exc):
-        if self.old is None:
-            os.environ.pop("VXLP_CONV_FWD_PATH", None)
-        else:
-            os.environ["VXLP_CONV_FWD_PATH"] = self.old
 
 
 def check_sgm(ref):
