@@ -19,10 +19,12 @@ import sys
 
 import pytest
 
+import vxlp_ops
 from vxlp_ops import _ext
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CU = os.path.join(REPO, "csrc", "cuda", "frame_attention.cu")
+PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(vxlp_ops.__file__)))
 
 pytestmark = pytest.mark.skipif(
     _ext._C is None or not hasattr(_ext._C, "frame_attention_plan"),
@@ -128,7 +130,8 @@ def test_emulated_kernels_execute_the_plan():
     res = subprocess.run(
         [sys.executable, os.path.join(REPO, "csrc", "cuda", "emu", "run_emulation.py"), "--ops", "frame_attention_work"],
         capture_output=True, text=True, timeout=3000, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        # the subprocess imports the vxlp_ops this process imports (the installed package in CI, the tree in dev)
+        env={**os.environ, "PYTHONPATH": PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")},
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert res.stdout.count("= plan") == 4

@@ -34,6 +34,7 @@
 #include <string>
 
 #include "common.cuh"
+#include "conv_geometry.cuh"
 #include "temporal_merge_conv3d_cute.cuh"
 
 namespace vxlp_cuda {
@@ -175,18 +176,12 @@ struct ConvGeom {
 // Address of im2col(x)[m, k] (a run of channels when vectorised: k..k+V−1 stay within one tap).
 template <typename T>
 __device__ __forceinline__ const T* im2col_ptr(const T* x, const ConvGeom& c, int m, int k) {
-  const int w = m % c.W;
-  int r = m / c.W;
-  const int h = r % c.H;
-  r /= c.H;
-  const int to = r % c.To;
-  const int g = r / c.To;
-  const int tap = k / c.Cin, ci = k - tap * c.Cin;
-  const int kt = tap / 9, kh = (tap / 3) % 3, kw = tap % 3;
-  const int t = clampi(to * c.st + kt - 1, 0, c.T - 1);
-  const int hh = clampi(h + kh - 1, 0, c.H - 1);
-  const int ww = clampi(w + kw - 1, 0, c.W - 1);
-  return x + (((static_cast<size_t>(g) * c.T + t) * c.H + hh) * c.W + ww) * c.Cin + ci;
+  const ConvRow o = conv_row(m, c.W, c.H, c.To);
+  const ConvTap p = conv_tap(k, c.Cin);
+  const int t = clampi(o.to * c.st + p.kt - 1, 0, c.T - 1);
+  const int hh = clampi(o.h + p.kh - 1, 0, c.H - 1);
+  const int ww = clampi(o.w + p.kw - 1, 0, c.W - 1);
+  return x + (((static_cast<size_t>(o.g) * c.T + t) * c.H + hh) * c.W + ww) * c.Cin + p.ci;
 }
 
 template <typename T>

@@ -32,6 +32,7 @@
 // CPU: ldmatrix, cp.async / TMA / mbarrier timing and phases, wgmma, the proxy fence. tests/test_cuda_gpu.py
 // forces each path against the float64 reference (and the compute-sanitizer script runs both) on a GPU.
 #include "temporal_merge_conv3d_cute.cuh"
+#include "conv_geometry.cuh"
 
 #if VXLP_CONV_CUTE
 
@@ -160,16 +161,11 @@ struct TileLoader {
     for (int i = 0; i < PA; ++i) {
       const int m = m0 + row0 + RPP * i;
       const int mm = m < a.M ? m : 0;
-      const int w = mm % a.W;
-      int r = mm / a.W;
-      const int h = r % a.H;
-      r /= a.H;
-      const int to = r % a.To;
-      const int g = r / a.To;
-      gt[i] = g * a.T;
-      tb[i] = to * a.st - 1;
-      hh[i] = h;
-      ww[i] = w;
+      const ConvRow o = conv_row(mm, a.W, a.H, a.To);
+      gt[i] = o.g * a.T;
+      tb[i] = o.to * a.st - 1;
+      hh[i] = o.h;
+      ww[i] = o.w;
       if (m < a.M) a_ok |= 1u << i;
     }
   }
@@ -179,15 +175,14 @@ struct TileLoader {
   __device__ __forceinline__ void load_a(int kt, Dst dst) const {
     const int k = kt * BK + col;
     const bool k_ok = k < a.K;
-    const int tap = k / a.Cin, ci = k - tap * a.Cin;
-    const int kt_ = tap / 9, kh = (tap / 3) % 3 - 1, kw = tap % 3 - 1;
+    const ConvTap p = conv_tap(k, a.Cin);
 #pragma unroll
     for (int i = 0; i < PA; ++i) {
       const bool ok = k_ok && ((a_ok >> i) & 1u);
-      const int t = clampi(tb[i] + kt_, 0, a.T - 1);
-      const int h = clampi(hh[i] + kh, 0, a.H - 1);
-      const int w = clampi(ww[i] + kw, 0, a.W - 1);
-      const E* src = a.x + ((((gt[i] + t) * a.H + h) * a.W + w) * a.Cin + ci);
+      const int t = clampi(tb[i] + p.kt, 0, a.T - 1);
+      const int h = clampi(hh[i] + p.kh - 1, 0, a.H - 1);
+      const int w = clampi(ww[i] + p.kw - 1, 0, a.W - 1);
+      const E* src = a.x + ((((gt[i] + t) * a.H + h) * a.W + w) * a.Cin + p.ci);
       cp_async16(dst(row0 + RPP * i, col), ok ? src : a.x, ok);
     }
   }

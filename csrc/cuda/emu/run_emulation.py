@@ -511,8 +511,11 @@ def main() -> int:
     ap.add_argument("--ops", default="frame_attention,temporal_attention,conv,conv_cute,sgm,qtg,glue,meta")
     ap.add_argument("--build-dir", default=os.path.join(tempfile.gettempdir(), "vxlp_cuda_emu"))
     a = ap.parse_args()
-    sys.path.insert(0, REPO)
-    import vxlp_ops  # noqa: F401  (defines the vxlp_ops library the kernels register into)
+    try:  # the vxlp_ops this Python imports (installed, or on PYTHONPATH): its compiled extension has the plans
+        import vxlp_ops  # noqa: F401  (defines the vxlp_ops library the kernels register into)
+    except ImportError:  # a source checkout that is not installed
+        sys.path.insert(0, REPO)
+        import vxlp_ops  # noqa: F401
     from vxlp_ops import reference as ref
 
     build(a.build_dir)
