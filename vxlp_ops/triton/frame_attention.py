@@ -13,7 +13,7 @@ chunks of BD, or with the query tile resident when D fits one chunk) and used fo
 than splitting D over programs or over an outer loop: any split of the output columns recomputes ``q kᵀ`` once
 per split (9× for 1152 in chunks of 128: 20·S²·D instead of 4·S²·D FLOPs), while the register tiles cost only
 BM rows: 16 × 1152 float32 = 72 registers per thread over 8 warps (BM = 16, BN = 16, 8 warps for D > 128;
-ptxas for sm_80: 244 registers, no spills — ``scripts/check_triton_compile.py``). The price is a small M tile
+ptxas for sm_80, bf16: 185 registers, no spills — ``scripts/check_triton_compile.py``). The price is a small M tile
 (mma.sync m16n8k16 rather than Hopper's wgmma, which needs M = 64 per warpgroup) and K/V blocks read once per
 16 queries (from L2).
 
