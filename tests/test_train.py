@@ -142,3 +142,41 @@ def test_qa_stage_selector_warmup_and_budget_range(tiny):
         train_qa(model, proc, sample_fn, 1, progress=False, selector_budget_range=(8, 64))
     with pytest.raises(ValueError, match="selector_off_steps"):
         train_qa(model, proc, sample_fn, 1, progress=False, selector_off_steps=-1)
+
+
+def test_qa_stage_full_view_steps_score_every_token(tiny):
+    """``selector_full_view_fraction``: with distillation, the warm-up steps and about that fraction of the later
+    steps keep every token and still score them (ratio 1), so the distillation covers the whole video; the others
+    use the budget. Without distillation nothing changes; bad values are refused."""
+    tok, cfg, proc = tiny
+    torch.manual_seed(0)
+    model = VideoXLProForConditionalGeneration(cfg)
+    g = torch.Generator().manual_seed(0)
+    calls, distills = [], []
+    orig = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("selector_mode"), kwargs.get("selector_keep_ratio")))
+        out = orig(*args, **kwargs)
+        distills.append(out.selector_distill_loss)
+        return out
+
+    model.forward = spy
+
+    def sample_fn(gen):
+        return torch.randint(0, 256, (8, 32, 32, 3), generator=g, dtype=torch.uint8), torch.arange(8.0), "red?", "red"
+
+    train_qa(model, proc, sample_fn, 40, batch_size=1, lr=1e-3, progress=False, selector_mode="budget",
+             selector_budget=32, selector_off_steps=4, selector_full_view_fraction=0.5, selector_distill_weight=0.5)
+    assert calls[:4] == [("ratio", 1.0)] * 4
+    later = [m for m, _ in calls[4:]]
+    assert set(later) == {"ratio", "budget"} and 6 <= later.count("ratio") <= 30, later
+    assert all(r == 1.0 for m, r in calls if m == "ratio")
+    # every step distils (full view included: the selector scored the tokens)
+    assert all(d is not None and torch.isfinite(d) for d in distills)
+    calls.clear()
+    train_qa(model, proc, sample_fn, 6, batch_size=1, lr=1e-3, progress=False, selector_mode="budget",
+             selector_budget=32, selector_off_steps=2, selector_full_view_fraction=1.0)
+    assert [m for m, _ in calls] == ["off"] * 2 + ["budget"] * 4  # no distillation: full view is moot
+    with pytest.raises(ValueError, match="selector_full_view_fraction"):
+        train_qa(model, proc, sample_fn, 1, progress=False, selector_full_view_fraction=1.5)

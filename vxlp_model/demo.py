@@ -193,6 +193,7 @@ def run_demo(
     selector_distill_weight: float = 0.5,
     train_budget_range: tuple[int, int] | None = None,
     selector_warmup_steps: int = 0,
+    selector_full_view_fraction: float = 0.0,
     two_needle_fraction: float = 0.3,
     progress: bool = True,
     save_model: bool = True,
@@ -240,6 +241,7 @@ def run_demo(
         model, processor, sample_fn, qa_steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
         freeze_vision=freeze_vision, selector_mode="budget", selector_distill_weight=selector_distill_weight,
         selector_budget_range=train_budget_range, selector_off_steps=selector_warmup_steps,
+        selector_full_view_fraction=selector_full_view_fraction,
     )
     t_eval = time.time()
     model.eval()
@@ -283,6 +285,7 @@ def run_demo(
         "selector": {
             "mode": "budget (training and evaluation)", "budget_tokens": selector_budget, "distill_weight": selector_distill_weight,
             "train_budget_range": list(train_budget_range) if train_budget_range else None, "warmup_steps_off": selector_warmup_steps,
+            "full_view_fraction": selector_full_view_fraction,
         },
         "steps": {"recot": recot_steps, "qa": qa_steps, "batch_size": batch_size, "lr": lr},
         "final_loss": {"recot": recot_hist[-1]["recon_loss"], "qa": float(np.mean([h["lm_loss"] for h in qa_hist[-20:]]))},

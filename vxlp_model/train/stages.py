@@ -90,6 +90,7 @@ def train_qa(
     selector_budget: int | None = None,
     selector_budget_range: tuple[int, int] | None = None,
     selector_off_steps: int = 0,
+    selector_full_view_fraction: float = 0.0,
     selector_distill_weight: float = 0.0,
     selector_distill_temperature: float = 10.0,
     progress: bool = True,
@@ -110,6 +111,11 @@ def train_qa(
             ``[low, high]`` (instead of ``selector_budget``): a tight budget makes the selector choose even on short
             training videos. selector_off_steps: the first steps run with the selector off (every visual token
             reaches the LLM), so the LLM learns the task before the selector decides what it sees.
+            selector_full_view_fraction (our design; 0 = off): when distilling, "full-view" steps keep every token
+            but still score them (keep ratio 1), so the distillation target covers the whole video — including the
+            tokens a tight budget drops, which the kept-token target never shows the selector. With a fraction
+            > 0, the ``selector_off_steps`` are full-view steps, and after them each step is one with this
+            probability (drawn per step).
         selector_distill_weight, selector_distill_temperature: weight and temperature of the selector's relevance
             distillation (our design; 0 = the released training), see
             :meth:`VideoXLProForConditionalGeneration.forward`.
@@ -122,6 +128,8 @@ def train_qa(
         raise ValueError(f"selector_budget_range must satisfy 16 <= low <= high, got {selector_budget_range}")
     if selector_off_steps < 0:
         raise ValueError(f"selector_off_steps must be >= 0, got {selector_off_steps}")
+    if not 0.0 <= selector_full_view_fraction <= 1.0:
+        raise ValueError(f"selector_full_view_fraction must be in [0, 1], got {selector_full_view_fraction}")
     gen = torch.Generator().manual_seed(seed)
     inner = model.model
     for p in inner.vision_tower.parameters():
@@ -150,6 +158,11 @@ def train_qa(
         if selector_budget_range is not None:
             lo, hi = (-(-selector_budget_range[0] // 16)), selector_budget_range[1] // 16
             call["selector_budget"] = 16 * int(torch.randint(lo, hi + 1, (), generator=gen))
+        full_view = False
+        if selector_full_view_fraction > 0:
+            full_view = step < selector_off_steps or float(torch.rand((), generator=gen)) < selector_full_view_fraction
+        if full_view and selector_distill_weight > 0 and selector_mode != "off":
+            call["selector_mode"], call["selector_keep_ratio"] = "ratio", 1.0  # every token kept, and scored
         if selector_distill_weight > 0:
             call["selector_distill_temperature"] = selector_distill_temperature
         if getattr(model.config, "llm_compression", "none") == "vst":
