@@ -156,3 +156,74 @@ def test_user_video_haystack_and_bad_input(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "y"), "--videos", str(tmp_path / "none.mp4")]) == 2
     err = capsys.readouterr().err
     assert "--videos" in err and "none.mp4: no such file" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# make_vnbench_sample: the same questions in memory, at any haystack length (the compressor comparison)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _options(question: str) -> dict:
+    """Letter -> option text, parsed from the ``(A) … (B) … Best option:(`` prompt."""
+    body = question[: question.rindex(" Best option:(")]
+    out = {}
+    for letter, nxt in zip("ABCD", ["(B)", "(C)", "(D)", None]):
+        start = body.index(f"({letter}) ") + 4
+        out[letter] = body[start : body.index(" " + nxt, start) if nxt else len(body)]
+    return out
+
+
+@pytest.mark.parametrize("task", ["ret_insert1", "ord_insert1", "cnt_insert1", "ret_edit1"])
+@pytest.mark.parametrize("length", [12, 40, 700])
+def test_vnbench_sample_answer_read_back_from_pixels(task, length):
+    """The answer is what the pixels show: haystack frames are the looped real frames in order, the needle frames
+    are the rendered objects of the answer (in order, the right count) or carry the answer's subtitle."""
+    from vxlp_model.eval.vnbench_gen import make_vnbench_sample
+
+    rng = np.random.default_rng(length)
+    hay = (rng.random((50, 32, 32, 3)) * 200).astype(np.uint8)  # no frame equals a rendered object
+    for _ in range(3):
+        s = make_vnbench_sample(hay, task, length, rng, fps=2.0, time_offset=10.0)
+        frames, src = s.frames.numpy(), s.source_index.numpy()
+        opts = _options(s.question)
+        gold = opts[s.answer]
+        real = src >= 0
+        assert (frames[real] == hay[src[real]]).all()
+        kept, first = src[real], int(np.flatnonzero(real)[0])
+        if task == "ret_edit1":  # subtitles are drawn over frames in place: frame i is haystack frame start + i
+            assert (kept == (kept[0] - first + np.flatnonzero(real)) % 50).all()
+        else:  # image needles are inserted between consecutive (looped) haystack frames
+            assert ((np.diff(kept) % 50) == 1).all()
+        np.testing.assert_allclose(s.timestamps.numpy(), 10.0 + np.arange(frames.shape[0]) / 2.0)
+        needles = np.flatnonzero(~real).tolist()
+        assert needles == s.needle_indices
+        if task == "ret_edit1":
+            assert frames.shape[0] == length and len(needles) == 1
+            under = hay[(src[first] - first + needles[0]) % 50]  # the haystack frame the subtitle is drawn on
+            assert not (frames[needles[0]] == under).all()
+            assert (frames[needles[0]] == render_subtitle(under, gold)).all()
+            continue
+        shown = [next(o for o in OBJECTS if (render_object(o, 32) == frames[j]).all()) for j in needles]
+        assert frames.shape[0] == length + len(needles)
+        if task == "ret_insert1":
+            assert shown == [gold]
+        elif task == "ord_insert1":
+            assert ", ".join(shown) == gold and len(set(shown)) == 4
+            assert sum(o == gold for o in opts.values()) == 1
+        else:
+            obj = s.question.split("does the ", 1)[1].split(" appear", 1)[0]
+            assert shown == [obj] * int(gold)
+        assert len(set(opts.values())) == 4
+
+
+def test_vnbench_sample_bad_input():
+    from vxlp_model.eval.vnbench_gen import make_vnbench_sample
+
+    hay = np.zeros((20, 32, 32, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="task"):
+        make_vnbench_sample(hay, "ret_insert2", 16, rng)
+    with pytest.raises(ValueError, match="cannot hold"):
+        make_vnbench_sample(hay, "ord_insert1", 7, rng)  # four needles need 8 frames
+    with pytest.raises(ValueError, match="fps"):
+        make_vnbench_sample(hay, "ret_insert1", 16, rng, fps=0)

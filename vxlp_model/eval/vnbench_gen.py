@@ -47,7 +47,7 @@ import numpy as np
 from .runner import write_json_atomic
 
 __all__ = ["TASK_TYPES", "WORDS", "SHAPES", "COLOURS", "GLYPHS", "generate_vnbench", "render_subtitle", "render_object",
-           "add_arguments", "run_make_vnbench", "main"]
+           "make_vnbench_sample", "vnbench_words", "add_arguments", "run_make_vnbench", "main"]
 
 TASK_TYPES = ("ret_edit1", "ret_insert1", "ord_edit1", "ord_insert1", "cnt_edit1", "cnt_insert1")
 WORDS = ("Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Kevin", "Laura",
@@ -260,6 +260,77 @@ def _render(plan: dict, hay: np.ndarray, size: int) -> np.ndarray:
         pos = nd["hay_start"]
     parts.append(hay[pos:])
     return np.concatenate(parts)
+
+
+def make_vnbench_sample(
+    haystack,
+    task: str,
+    length: int,
+    rng: np.random.Generator,
+    *,
+    fps: float = 1.0,
+    time_offset: float = 0.0,
+):
+    """One VNBench-style question in memory, on a haystack of any length (the compressor comparison and training).
+
+    The same plan and pixels as :func:`generate_vnbench` (one question of ``task``, needles of one frame), but the
+    haystack is ``length`` consecutive frames of ``haystack`` (uint8 ``[T, S, S, 3]``, tensor or array) looped from a
+    random start, so any length is real footage in order, and nothing is written to disk. The prompt follows the
+    demo's protocol: ``"<VNBench question> (A) … (B) … (C) … (D) … Best option:("``.
+
+    Returns a :class:`vxlp_model.eval.needle_tasks.NeedleTaskSample`: frames uint8 ``[L', S, S, 3]`` (``L' = length``
+    plus the inserted image needles), timestamps float64 ``[L']`` s (``time_offset + i / fps``), the answer letter,
+    the needles' frame indices, ``depth`` (the first needle's relative position), ``variant = task`` and
+    ``source_index`` (the haystack frame each frame is, −1 for a needle or a frame with a subtitle drawn in).
+
+    Raises ``ValueError`` for an unknown task or a haystack too short for its needles (ordering needs ≥ 8 frames,
+    counting ≥ 10).
+    """
+    import torch
+
+    from .needle_tasks import NeedleTaskSample
+    from .niah import LETTERS
+
+    if task not in TASK_TYPES:
+        raise ValueError(f"task must be one of {', '.join(TASK_TYPES)}, got {task!r}")
+    if not fps > 0 or time_offset < 0:
+        raise ValueError(f"need fps > 0 and time_offset >= 0, got {fps}, {time_offset}")
+    hay = haystack.numpy() if hasattr(haystack, "numpy") else np.asarray(haystack)
+    total, size = hay.shape[0], hay.shape[1]
+    start = int(rng.integers(0, total))
+    index = (start + np.arange(length)) % total
+    plan = _plan_question(rng, task, length, 1, 1, start)
+    frames = _render(plan, hay[index], size)
+    if plan["needles"][0]["kind"] == "subtitle":
+        source = index.copy()
+        for nd in plan["needles"]:
+            source[nd["frames"]] = -1
+    else:
+        parts, pos = [], 0
+        for nd in plan["needles"]:
+            parts += [index[pos : nd["hay_start"]], np.full(len(nd["frames"]), -1)]
+            pos = nd["hay_start"]
+        source = np.concatenate(parts + [index[pos:]])
+    opts = " ".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(plan["options"]))
+    needles = [nd["frames"][0] for nd in plan["needles"]]
+    return NeedleTaskSample(
+        torch.from_numpy(np.ascontiguousarray(frames)),
+        time_offset + torch.arange(frames.shape[0], dtype=torch.float64) / fps,
+        f"{plan['question']} {opts} Best option:(",
+        LETTERS[plan["options"].index(plan["answer"])],
+        needles,
+        needles[0] / max(1, frames.shape[0] - 1),
+        task,
+        torch.from_numpy(source.astype(np.int64)),
+    )
+
+
+def vnbench_words() -> list[str]:
+    """Words of the VNBench-style questions and options, for a tiny tokenizer's whole-word merges."""
+    words = list(COLOURS) + list(SHAPES) + ["glyph", "Best", "option", "the", "video"] + list(WORDS)
+    for q in _QUESTIONS.values():
+        words += q.replace("?", "").replace("{obj}", "").split()
+    return list(dict.fromkeys(words))
 
 
 def _preview(path: str, examples: list[tuple[str, np.ndarray, list[dict]]]) -> None:
