@@ -91,20 +91,20 @@ def needle_questions(haystack, samples, seed, variant="single"):
     return ask
 
 
-def vnbench_questions(haystack, samples, seed, task_types=VNBENCH_TASKS):
+def vnbench_questions(haystack, samples, seed, task_types=VNBENCH_TASKS, **fmt):
     """VNBench-style questions (:func:`vxlp_model.eval.vnbench_gen.make_vnbench_sample`, needles of one frame at
-    1 fps): ``ask(length)`` yields ``samples`` per task type."""
+    1 fps; ``fmt``: its ``answer_format`` and ``objects``): ``ask(length)`` yields ``samples`` per task type."""
     rng = np.random.default_rng(seed)
 
     def ask(length):
         for task in task_types:
             for _ in range(samples):
-                yield make_vnbench_sample(haystack, task, length, rng)
+                yield make_vnbench_sample(haystack, task, length, rng, **fmt)
 
     return ask
 
 
-def vnbench_training_sampler(haystack, low: int, high: int, max_time: float, task_types=VNBENCH_TASKS):
+def vnbench_training_sampler(haystack, low: int, high: int, max_time: float, task_types=VNBENCH_TASKS, **fmt):
     """QA training on VNBench-style questions: ``sample_fn(generator) -> (frames, timestamps, question, answer)``,
     a task type uniformly drawn, ``low`` … ``high`` haystack frames, the demo's frame rates and time offsets."""
 
@@ -115,14 +115,22 @@ def vnbench_training_sampler(haystack, low: int, high: int, max_time: float, tas
         fps = TRAIN_FPS[int(rng.integers(len(TRAIN_FPS)))]
         span = (length + 6) / fps
         high_t = max_time - span if rng.random() < 0.5 else 3600.0
-        s = make_vnbench_sample(haystack, task, length, rng, fps=fps, time_offset=round(float(rng.random()) * high_t, 1))
+        s = make_vnbench_sample(haystack, task, length, rng, fps=fps, time_offset=round(float(rng.random()) * high_t, 1), **fmt)
         return s.frames, s.timestamps, s.question, s.answer
 
     return sample_fn
 
 
+def is_correct(text: str, answer: str) -> bool:
+    """A letter answer (``"A"`` … ``"D"``): the letter parsed from ``text`` (:func:`parse_letter`); any other answer:
+    ``text`` equals it exactly once stripped."""
+    if len(answer) == 1 and answer in "ABCD":
+        return parse_letter(text) == answer
+    return text.strip() == answer
+
+
 @torch.no_grad()
-def evaluate(model, processor, token_cache, lengths, questions, frame_selection, max_positions) -> dict:
+def evaluate(model, processor, token_cache, lengths, questions, frame_selection, max_positions, max_new_tokens=3) -> dict:
     """Accuracy (overall and per question kind), LLM rows, visual K/V per frame and seconds per question for each
     length. ``questions()`` returns ``ask(length)``, which yields the samples; a fresh ``ask`` per call, so every
     row is asked the same questions."""
@@ -147,10 +155,10 @@ def evaluate(model, processor, token_cache, lengths, questions, frame_selection,
                 skipped = True
                 break
             spl_rows = int(pre.logits.shape[1])
-            ids = model.generate(**batch, max_new_tokens=3, do_sample=False)
+            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
             walls.append(time.perf_counter() - t0)
             text = processor.tokenizer.decode(ids[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-            hit = int(parse_letter(text) == s.answer)
+            hit = int(is_correct(text, s.answer))
             correct += hit
             total += 1
             kind = by_kind.setdefault(s.variant, [0, 0])
@@ -194,12 +202,14 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    panels = [("one needle (chance 0.25)" if result["task_name"] == "needle" else "VNBench-style, all types (chance 0.25)",
+    text = result["settings"].get("answer_format") == "text"
+    chance = "an option guessed: 0.25" if text else "chance 0.25"
+    panels = [("one needle (chance 0.25)" if result["task_name"] == "needle" else f"VNBench-style, all types ({chance})",
                rows, None)]
     if result.get("rows_two_needles"):
         panels.append(("two needles, the question names the shape", result["rows_two_needles"], None))
     if result["task_name"] == "vnbench":
-        panels += [(f"{kind} (chance 0.25)", rows, kind) for kind in result["vnbench_task_types"]]
+        panels += [(f"{kind} ({chance})", rows, kind) for kind in result["vnbench_task_types"]]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.6 * (len(panels) + 1), 4.5))
     for ax, (title, table, kind) in zip(axes, panels):
         for name, cells in table.items():
@@ -245,6 +255,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--samples", type=int, default=8, help="questions per (length, depth) cell, or per (length, task type) with --task vnbench")
     ap.add_argument("--train-frames", type=int, nargs=2, default=None, metavar=("LOW", "HIGH"),
                     help="haystack frames of a training question (default 1 8 for needle, 10 16 for vnbench: counting needs ten)")
+    ap.add_argument("--budget", type=int, default=None,
+                    help="selector / QC-Comp budget in tokens (default 64; 128 with --task vnbench: ordering and counting need 4–5 groups)")
+    ap.add_argument("--answer-format", choices=("text", "letter"), default="text",
+                    help="--task vnbench: answer with the option's text (default; exact match) or its letter")
+    ap.add_argument("--objects", choices=("shapes", "all"), default="shapes",
+                    help="--task vnbench: image needles among the 36 coloured shapes (default) or also VNBench's glyphs")
     ap.add_argument("--vst-ratio", type=int, default=8)
     ap.add_argument("--vst-window-groups", type=int, default=1)
     ap.add_argument("--two-needles", action="store_true", help="also the query-dependent two-needle task (--task needle)")
@@ -257,6 +273,10 @@ def main(argv=None) -> dict:
         a.out = "benchmarks/results/compressors_vnbench_cpu2" if vnbench else "benchmarks/results/compressors_cpu2"
     if a.lengths is None:
         a.lengths = DEFAULT_LENGTHS[a.task]
+    if a.budget is None:
+        a.budget = 128 if vnbench else 64
+    fmt = {"answer_format": a.answer_format, "objects": a.objects}
+    new_tokens = 16 if vnbench and a.answer_format == "text" else 3
     low, high = a.train_frames or ((10, 16) if vnbench else (1, 8))
     if vnbench and a.two_needles:
         ap.error("--two-needles belongs to --task needle")
@@ -274,7 +294,7 @@ def main(argv=None) -> dict:
     tokenizer = build_tiny_tokenizer(vnbench_words() if vnbench else task_words())
     config = VideoXLProConfig.tiny(
         vocab_size=max(512, -(-len(tokenizer) // 64) * 64),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|vision_pad|>"), selector_mode="budget", selector_budget=64, dts_grid=6,
+        video_token_id=tokenizer.convert_tokens_to_ids("<|vision_pad|>"), selector_mode="budget", selector_budget=a.budget, dts_grid=6,
         vst_ratio=a.vst_ratio, vst_window_groups=a.vst_window_groups,
     )
     vp = VideoXLProVideoProcessor(size=config.vision_config.image_size, frames_per_group=config.frames_per_group)
@@ -285,7 +305,7 @@ def main(argv=None) -> dict:
     base.generation_config.eos_token_id = tokenizer.eos_token_id
     base.generation_config.pad_token_id = tokenizer.pad_token_id
     if vnbench:
-        sample_fn = vnbench_training_sampler(haystack, low, high, max_time)
+        sample_fn = vnbench_training_sampler(haystack, low, high, max_time, **fmt)
     else:  # the demo's sampler: 1 … high frames
         sample_fn = needle_training_sampler(haystack, high, 0.3, max_time)
     train_recot(base, processor, haystack, a.recot_steps, lr=2e-3, seed=a.seed, progress=progress)
@@ -310,13 +330,13 @@ def main(argv=None) -> dict:
     max_pos = config.text_config.max_position_embeddings
     caches = {comp: HaystackTokenCache(m.eval(), vp, haystack) for comp, m in models.items()}
     if vnbench:
-        questions = lambda: vnbench_questions(haystack, a.samples, a.seed + 1000)  # noqa: E731
+        questions = lambda: vnbench_questions(haystack, a.samples, a.seed + 1000, **fmt)  # noqa: E731
     else:
         questions = lambda: needle_questions(haystack, a.samples, a.seed + 1000)  # noqa: E731
     for name, comp, sel in ROWS:
         model, cache = models[comp], caches[comp]
         t1 = time.time()
-        rows[name] = evaluate(model, processor, cache, a.lengths, questions, sel, max_pos)
+        rows[name] = evaluate(model, processor, cache, a.lengths, questions, sel, max_pos, new_tokens)
         print(f"{name:>20}: " + "  ".join(
             f"{n}: {c['accuracy']:.2f}" if "accuracy" in c else f"{n}: —" for n, c in rows[name].items()
         ) + f"   ({time.time() - t1:.0f} s)", flush=True)
@@ -340,7 +360,9 @@ def main(argv=None) -> dict:
         "rows_two_needles": {k: {str(n): c for n, c in v.items()} for k, v in rows_two.items()} or None,
         "task": ("VNBench-style questions (vxlp_model.eval.vnbench_gen.make_vnbench_sample): image needles of one frame "
                  "inserted into consecutive real frames at 1 fps; retrieval, ordering of four, counting 1-5; four options "
-                 "A-D (chance 0.25)") if vnbench else
+                 + ("A-D, answered by letter (chance 0.25)" if a.answer_format == "letter" else
+                    "A-D in the prompt, answered with the option's text, exact match (a guess among the options: 0.25)")
+                 + f"; needles among {'the coloured shapes' if a.objects == 'shapes' else 'coloured shapes and glyphs'}") if vnbench else
                 ("demo needle task, 5 depths, options A-D (chance 0.25), haystacks at 1 fps; rows: one needle; rows_two_needles: "
                  "two needles of different shapes and colours, the question names the shape"),
         "task_name": a.task,
@@ -349,12 +371,13 @@ def main(argv=None) -> dict:
         "lengths": a.lengths,
         "questions_per_cell": a.samples,
         "training": {
-            "base": f"ReCoT {a.recot_steps} + QA {a.qa_steps} steps on {low}-{high}-frame haystacks (selector budget 64, distillation 0.5)",
+            "base": f"ReCoT {a.recot_steps} + QA {a.qa_steps} steps on {low}-{high}-frame haystacks (selector budget {a.budget}, distillation 0.5)",
             "vst_and_lp_comp": f"fine-tuned {a.ft_steps} steps from the base with the compressor on (lr 1e-3)",
             "wall_time_s": train_time,
         },
         "settings": {
-            "selector_budget": 64, "vst_ratio": a.vst_ratio, "vst_window_groups": a.vst_window_groups,
+            "selector_budget": a.budget, "answer_format": a.answer_format if vnbench else "letter",
+            "objects": a.objects if vnbench else None, "vst_ratio": a.vst_ratio, "vst_window_groups": a.vst_window_groups,
             "vst_training_ratios": [2, 4, 8, 16], "lp_comp_final_tokens": 1, "qc_segment_groups": config.qc_segment_groups,
             "llm_layers": config.text_config.num_hidden_layers, "tokens_per_group": config.tokens_per_group,
         },

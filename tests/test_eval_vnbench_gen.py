@@ -227,3 +227,25 @@ def test_vnbench_sample_bad_input():
         make_vnbench_sample(hay, "ord_insert1", 7, rng)  # four needles need 8 frames
     with pytest.raises(ValueError, match="fps"):
         make_vnbench_sample(hay, "ret_insert1", 16, rng, fps=0)
+
+
+@pytest.mark.parametrize("task", ["ret_insert1", "ord_insert1", "cnt_insert1"])
+def test_vnbench_sample_text_answers_and_shape_needles(task):
+    """``answer_format="text"``: the answer is the gold option's text (what the pixels show), the prompt ends in
+    ``Answer:``; ``objects="shapes"``: no glyph needle or option; bad values are refused by name."""
+    from vxlp_model.eval.vnbench_gen import make_vnbench_sample
+
+    rng = np.random.default_rng(5)
+    hay = (rng.random((40, 32, 32, 3)) * 200).astype(np.uint8)
+    for _ in range(5):
+        s = make_vnbench_sample(hay, task, 24, rng, answer_format="text", objects="shapes")
+        assert s.question.endswith(" Answer:") and "glyph" not in s.question
+        opts = list(_options(s.question.replace(" Answer:", " Best option:(")).values())
+        assert s.answer in opts
+        shown = [next(o for o in OBJECTS if (render_object(o, 32) == s.frames[j].numpy()).all()) for j in s.needle_indices]
+        want = {"ret_insert1": shown[0], "ord_insert1": ", ".join(shown), "cnt_insert1": str(len(shown))}[task]
+        assert s.answer == want
+    with pytest.raises(ValueError, match="answer_format"):
+        make_vnbench_sample(hay, task, 24, rng, answer_format="word")
+    with pytest.raises(ValueError, match="objects"):
+        make_vnbench_sample(hay, task, 24, rng, objects="glyphs")

@@ -204,12 +204,12 @@ def _starts(rng, total: int, count: int, dur: int) -> list[int]:
     return [k * seg + int(rng.integers(0, seg - dur)) for k in range(count)]
 
 
-def _plan_question(rng, task: str, n: int, dur: int, fps: int, source_start: int) -> dict:
+def _plan_question(rng, task: str, n: int, dur: int, fps: int, source_start: int, objects: list[str] | None = None) -> dict:
     """Choose one question's needles and options (no pixels): its entry of ``needles.json``.
 
     ``n`` haystack frames; each needle gets ``hay_start`` (its place among the haystack frames) and ``frames`` (its
     frame indices in the written video: the same for subtitles, shifted by earlier insertions for images)."""
-    objects = _objects()
+    objects = objects or _objects()
     family = task.split("_")[0]
     edit = "edit" in task
     count = {"ret": 1, "ord": 4}.get(family) or int(rng.integers(1, 6))
@@ -270,16 +270,23 @@ def make_vnbench_sample(
     *,
     fps: float = 1.0,
     time_offset: float = 0.0,
+    answer_format: str = "letter",
+    objects: str = "all",
 ):
     """One VNBench-style question in memory, on a haystack of any length (the compressor comparison and training).
 
     The same plan and pixels as :func:`generate_vnbench` (one question of ``task``, needles of one frame), but the
     haystack is ``length`` consecutive frames of ``haystack`` (uint8 ``[T, S, S, 3]``, tensor or array) looped from a
-    random start, so any length is real footage in order, and nothing is written to disk. The prompt follows the
-    demo's protocol: ``"<VNBench question> (A) … (B) … (C) … (D) … Best option:("``.
+    random start, so any length is real footage in order, and nothing is written to disk.
+
+    ``answer_format``: ``"letter"`` — the demo's protocol, ``"<VNBench question> (A) … (D) … Best option:("`` and
+    the answer is the gold option's letter; ``"text"`` — ``"<question> (A) … (D) … Answer:"`` and the answer is the
+    gold option's text (e.g. ``"red star"``, ``"3"``), scored by exact match: a model too small to learn to point
+    at an option's letter can still name what it saw. ``objects``: ``"all"`` (coloured shapes and glyphs, as
+    :func:`generate_vnbench`) or ``"shapes"`` (the 36 coloured shapes only).
 
     Returns a :class:`vxlp_model.eval.needle_tasks.NeedleTaskSample`: frames uint8 ``[L', S, S, 3]`` (``L' = length``
-    plus the inserted image needles), timestamps float64 ``[L']`` s (``time_offset + i / fps``), the answer letter,
+    plus the inserted image needles), timestamps float64 ``[L']`` s (``time_offset + i / fps``), the answer,
     the needles' frame indices, ``depth`` (the first needle's relative position), ``variant = task`` and
     ``source_index`` (the haystack frame each frame is, −1 for a needle or a frame with a subtitle drawn in).
 
@@ -295,11 +302,16 @@ def make_vnbench_sample(
         raise ValueError(f"task must be one of {', '.join(TASK_TYPES)}, got {task!r}")
     if not fps > 0 or time_offset < 0:
         raise ValueError(f"need fps > 0 and time_offset >= 0, got {fps}, {time_offset}")
+    if answer_format not in ("letter", "text"):
+        raise ValueError(f"answer_format must be 'letter' or 'text', got {answer_format!r}")
+    if objects not in ("all", "shapes"):
+        raise ValueError(f"objects must be 'all' or 'shapes', got {objects!r}")
     hay = haystack.numpy() if hasattr(haystack, "numpy") else np.asarray(haystack)
     total, size = hay.shape[0], hay.shape[1]
     start = int(rng.integers(0, total))
     index = (start + np.arange(length)) % total
-    plan = _plan_question(rng, task, length, 1, 1, start)
+    pool = _objects() if objects == "all" else [o for o in _objects() if not o.startswith("glyph ")]
+    plan = _plan_question(rng, task, length, 1, 1, start, pool)
     frames = _render(plan, hay[index], size)
     if plan["needles"][0]["kind"] == "subtitle":
         source = index.copy()
@@ -316,8 +328,8 @@ def make_vnbench_sample(
     return NeedleTaskSample(
         torch.from_numpy(np.ascontiguousarray(frames)),
         time_offset + torch.arange(frames.shape[0], dtype=torch.float64) / fps,
-        f"{plan['question']} {opts} Best option:(",
-        LETTERS[plan["options"].index(plan["answer"])],
+        f"{plan['question']} {opts} " + ("Best option:(" if answer_format == "letter" else "Answer:"),
+        LETTERS[plan["options"].index(plan["answer"])] if answer_format == "letter" else plan["answer"],
         needles,
         needles[0] / max(1, frames.shape[0] - 1),
         task,
@@ -327,7 +339,7 @@ def make_vnbench_sample(
 
 def vnbench_words() -> list[str]:
     """Words of the VNBench-style questions and options, for a tiny tokenizer's whole-word merges."""
-    words = list(COLOURS) + list(SHAPES) + ["glyph", "Best", "option", "the", "video"] + list(WORDS)
+    words = list(COLOURS) + list(SHAPES) + ["glyph", "Best", "option", "Answer", "the", "video"] + list(WORDS)
     for q in _QUESTIONS.values():
         words += q.replace("?", "").replace("{obj}", "").split()
     return list(dict.fromkeys(words))
