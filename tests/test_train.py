@@ -180,3 +180,91 @@ def test_qa_stage_full_view_steps_score_every_token(tiny):
     assert [m for m, _ in calls] == ["off"] * 2 + ["budget"] * 4  # no distillation: full view is moot
     with pytest.raises(ValueError, match="selector_full_view_fraction"):
         train_qa(model, proc, sample_fn, 1, progress=False, selector_full_view_fraction=1.5)
+
+
+def test_distillation_in_batch_negatives_match_a_float64_reference(tiny):
+    """``selector_distill_negatives``: each sample's distillation softmax also holds the other samples' kept tokens
+    (same question only) from groups with mean relevance below half their sample's best group, scored with this
+    sample's query on its own min-max range. Checked against the formula in float64; without the flag the loss is
+    the plain kept-token KL; the selector's parameters get gradients through the negatives."""
+    tok, cfg, proc = tiny
+    torch.manual_seed(0)
+    model = VideoXLProForConditionalGeneration(cfg).train()
+    g = torch.Generator().manual_seed(1)
+    questions = ["red?", "red?", "blue?", "red?"]  # sample 2 is asked something else: no negatives to or from it
+    prompts = [proc.apply_chat_template(conversation(q, "red")) for q in questions]
+    videos = [torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8) for n in (12, 16, 12, 8)]
+    stamps = [torch.arange(float(v.shape[0])) for v in videos]
+    batch = proc(text=prompts, videos=videos, video_timestamps=stamps, return_labels=True, padding_side="right")
+    call = dict(selector_mode="ratio", selector_keep_ratio=1.0, selector_distill_temperature=10.0)
+    plain = model(**batch, **call)
+    out = model(**batch, **call, selector_distill_negatives=True)
+    tau, p = 10.0, cfg.tokens_per_group
+    torch.testing.assert_close(out.loss, plain.loss)
+
+    def kl(own, neg, target):
+        logits = torch.cat([own, neg]) * tau
+        logp = logits - torch.logsumexp(logits, 0)
+        return float((target * (target.log() - logp[: target.numel()])).sum())
+
+    from vxlp_model.modeling import _distill_kl
+
+    with torch.no_grad():
+        # the relevance the LLM pays (the same forward again): the model's loss is the KL with it
+        true_rel = model.model(**batch, selector_mode="ratio", selector_keep_ratio=1.0, relevance_rows=True).relevance
+    like = out.logits
+    with torch.no_grad():
+        assert float(out.selector_distill_loss.detach()) == pytest.approx(float(_distill_kl(out.selection, true_rel, tau, like, negatives=True)), rel=1e-5)
+        assert float(plain.selector_distill_loss.detach()) == pytest.approx(float(_distill_kl(out.selection, true_rel, tau, like)), rel=1e-5)
+    # a relevance with contrast (a random init attends almost uniformly): each sample's first group 5x the rest
+    sels = out.selection
+    rel = []
+    for s in sels:
+        grp = s["kept_visual"] // p
+        rel.append((torch.rand(grp.numel(), generator=g, dtype=torch.float64) + 0.5) * torch.where(grp == grp.min(), 5.0, 1.0))
+    probes = [s["probe"][0][s["probe"][2]].detach().double() for s in sels]  # the kept tokens' probes
+    queries = [s["probe"][1].detach().double() for s in sels]
+    low = []
+    for s, r, pr in zip(sels, rel, probes):
+        grp = s["kept_visual"] // p
+        means = torch.stack([r[grp == k].mean() for k in grp.unique()])
+        low.append(pr[means[grp - grp.min()] < 0.5 * means.max()])
+    want_plain, want_neg = [], []
+    for i, s in enumerate(sels):
+        raw = probes[i] @ queries[i]
+        own = (raw - raw.min()) / (raw.max() - raw.min())
+        torch.testing.assert_close(s["scores"].detach().double(), own, rtol=1e-4, atol=1e-5)  # the probe gives the scores
+        target = rel[i] / rel[i].sum()
+        neg = [(low[j] @ queries[i] - raw.min()) / (raw.max() - raw.min())
+               for j in range(4) if j != i and questions[j] == questions[i]]
+        neg = torch.cat(neg) if neg else own[:0]
+        assert (neg.numel() > 0) == (i != 2)
+        want_plain.append(kl(own, own[:0], target))
+        want_neg.append(kl(own, neg, target))
+    rel32 = [r.float() for r in rel]
+    assert float(_distill_kl(sels, rel32, tau, like).detach()) == pytest.approx(np.mean(want_plain), rel=1e-4)
+    loss = _distill_kl(sels, rel32, tau, like, negatives=True)
+    assert float(loss.detach()) == pytest.approx(np.mean(want_neg), rel=1e-4)
+    assert np.mean(want_neg) > np.mean(want_plain) + 1e-3  # the negatives add terms to the softmax
+    model.zero_grad()
+    loss.backward()
+    sel_mod = model.model.selector  # (visual_mlp's output layer starts at zero, so its input layer has no gradient yet)
+    for prm in (sel_mod.visual_mlp[2].weight, sel_mod.text_mlp[0].weight, sel_mod.time_attn.in_proj_weight):
+        assert prm.grad is not None and prm.grad.abs().sum() > 0
+    # train_qa passes the flag only when distilling
+    seen = []
+    orig = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("selector_distill_negatives", False))
+        return orig(*args, **kwargs)
+
+    model.forward = spy
+
+    def sample_fn(gen):
+        return torch.randint(0, 256, (8, 32, 32, 3), generator=g, dtype=torch.uint8), torch.arange(8.0), "red?", "red"
+
+    train_qa(model, proc, sample_fn, 2, batch_size=2, progress=False, selector_mode="budget", selector_distill_weight=0.5,
+             selector_distill_negatives=True)
+    train_qa(model, proc, sample_fn, 1, batch_size=2, progress=False, selector_mode="budget", selector_distill_negatives=True)
+    assert seen == [True, True, False]

@@ -308,7 +308,7 @@ def test_resume_is_bitwise_exact(data_dir, tmp_path, stage):
     final weights (two accumulation steps; decoding in a DataLoader worker; ReCoT: random clip starts and SGM
     masks; finetune: the selector's random keep ratio and relevance distillation)."""
     _, data = data_dir
-    extra = dict(distill_weight=0.1) if stage == "finetune" else dict(clips_per_video=2)
+    extra = dict(distill_weight=0.1, distill_negatives=True) if stage == "finetune" else dict(clips_per_video=2)
     kw = dict(stage=stage, data=data, steps=4, grad_accum=2, save_every=2, **_fast(num_workers=1, **extra))
     whole = train(TrainConfig(out=str(tmp_path / "whole"), **kw))
     first = train(TrainConfig(out=str(tmp_path / "split"), stop_after=2, **kw))
@@ -318,6 +318,15 @@ def test_resume_is_bitwise_exact(data_dir, tmp_path, stage):
             train(TrainConfig(out=str(tmp_path / "split"), **kw))
         with pytest.raises(ValueError, match="--lr 0.003 → 0.001"):
             train(TrainConfig(out=str(tmp_path / "split"), resume=True, **{**kw, "lr": 1e-3}))
+        # a run saved before a setting existed: the missing setting counts as its default (here False ≠ True)
+        rc_path = tmp_path / "split" / "run_config.json"
+        saved = rc_path.read_text()
+        rc = json.loads(saved)
+        del rc["fingerprint"]["distill_negatives"]
+        rc_path.write_text(json.dumps(rc))
+        with pytest.raises(ValueError, match="--distill-negatives False → True"):
+            train(TrainConfig(out=str(tmp_path / "split"), resume=True, **kw))
+        rc_path.write_text(saved)
     second = train(TrainConfig(out=str(tmp_path / "split"), resume=True, **kw))
     terms = ("lm_loss", "distill") if stage == "finetune" else ("recon_loss", "score_loss", "mask_fraction")
     key = lambda h: (h["loss"], h["grad_norm"], h["lr"], *(h[t] for t in terms))  # noqa: E731

@@ -14,6 +14,13 @@
      99:59:59.9) and runs at a random frame rate, so every time text of a day-long video is in distribution;
    - the selector learns, besides the released score injection, to predict the LLM's attention to the visual
      tokens (relevance distillation, ``selector_distill_weight``, our design), so it ranks the needle first.
+     A 1–8-frame video has one or two groups to rank, a long one thousands; options (off by default, measured
+     in README) make the ranking hold beyond what one short video shows: the selector off for the first
+     ``selector_warmup_steps`` (the LLM learns the task on every token first); a training budget drawn per step in
+     ``train_budget_range`` (tight enough to choose among two groups); a ``selector_full_view_fraction`` of the
+     steps keeping every token but still scoring it (the distillation then covers the tokens a budget drops); and
+     in-batch negatives in the distillation's softmax (``selector_distill_negatives``: the batch's other videos'
+     low-relevance tokens), so each question ranks its needle above a whole batch of haystack.
 
    A fraction ``two_needle_fraction`` of the training questions has two needles and asks for the colour of one
    shape (the query-dependent task).
@@ -194,6 +201,7 @@ def run_demo(
     train_budget_range: tuple[int, int] | None = None,
     selector_warmup_steps: int = 0,
     selector_full_view_fraction: float = 0.0,
+    selector_distill_negatives: bool = False,
     two_needle_fraction: float = 0.3,
     progress: bool = True,
     save_model: bool = True,
@@ -241,7 +249,7 @@ def run_demo(
         model, processor, sample_fn, qa_steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
         freeze_vision=freeze_vision, selector_mode="budget", selector_distill_weight=selector_distill_weight,
         selector_budget_range=train_budget_range, selector_off_steps=selector_warmup_steps,
-        selector_full_view_fraction=selector_full_view_fraction,
+        selector_full_view_fraction=selector_full_view_fraction, selector_distill_negatives=selector_distill_negatives,
     )
     t_eval = time.time()
     model.eval()
@@ -285,7 +293,7 @@ def run_demo(
         "selector": {
             "mode": "budget (training and evaluation)", "budget_tokens": selector_budget, "distill_weight": selector_distill_weight,
             "train_budget_range": list(train_budget_range) if train_budget_range else None, "warmup_steps_off": selector_warmup_steps,
-            "full_view_fraction": selector_full_view_fraction,
+            "full_view_fraction": selector_full_view_fraction, "distill_in_batch_negatives": selector_distill_negatives,
         },
         "steps": {"recot": recot_steps, "qa": qa_steps, "batch_size": batch_size, "lr": lr},
         "final_loss": {"recot": recot_hist[-1]["recon_loss"], "qa": float(np.mean([h["lm_loss"] for h in qa_hist[-20:]]))},

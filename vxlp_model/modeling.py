@@ -397,6 +397,7 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
             query_rows = (types == QUERY) if cfg.selector_impl == "vxlp" else (outside & (types != ANSWER))
             text = embed(ids[query_rows])
             pieces, lab_pieces, kept_pos, kept_scores, kept_vis, grp_pieces = [], [], [], [], [], []
+            probes = []  # training, vxlp selector: per block (kept tokens' probes, query, raw lo / hi, kept groups)
             cursor, out_len, vis_offset, group_offset = 0, 0, 0, 0
             for s, e in blocks:
                 try:
@@ -444,6 +445,8 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
                 kept_vis.append(vis_offset + sel.kept_visual)
                 if sel.scores is not None:
                     kept_scores.append(sel.scores[sel.kept_visual])
+                if sel.probe is not None:  # references only; the negatives' loss indexes and multiplies when asked
+                    probes.append((sel.probe, sel.query, sel.kept_visual))
                 out_len += block_rows.shape[0]
                 vis_offset += g * p
                 cursor = e
@@ -461,6 +464,10 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
                     "positions": torch.cat(kept_pos),
                     "scores": torch.cat(kept_scores) if kept_scores else None,
                     "kept_visual": torch.cat(kept_vis),
+                    # one video block scored by the vxlp selector in training: what in-batch negatives need
+                    "probe": probes[0] if len(probes) == 1 and len(blocks) == 1 else None,
+                    "query_ids": ids[query_rows],
+                    "tokens_per_group": p,
                 }
             )
         if next(video_iter, None) is not None:
@@ -741,6 +748,7 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         selector_budget: int | None = None,
         selector_keep_ratio: float | None = None,
         selector_distill_temperature: float | None = None,
+        selector_distill_negatives: bool = False,
         recot_pixel_values: torch.Tensor | None = None,
         recot_options: dict | None = None,
         **kwargs,
@@ -753,6 +761,11 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         tokens, where the relevance is the attention that the positions predicting labelled tokens pay to each kept
         visual token, averaged over layers and heads, renormalised and detached. It teaches the selector to rank
         tokens as the LLM uses them. The caller weighs it into the loss; nothing here changes any configuration.
+        ``selector_distill_negatives`` (with the ``vxlp`` selector; our design): the softmax of each sample also
+        holds in-batch negatives — the kept tokens of the *other* samples asked the same question, in their groups
+        the LLM hardly used (group relevance below half of that sample's most relevant group), scored with this
+        sample's query and min-max range. A short training video has one or two groups to rank; the negatives make
+        its query rank its relevant tokens above the batch's whole haystack, as a long video asks at inference.
 
         ``recot_pixel_values`` (float ``[4G, 3, S, S]``, ReCoT pre-training, SPEC §3): instead of the LM forward,
         return :class:`VideoXLProReCoTOutput` from :meth:`VideoXLProModel.recot_loss` (``recot_options``: its
@@ -792,7 +805,8 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
             loss = self.loss_function(logits=logits, labels=labels_used, vocab_size=self.config.text_config.vocab_size)
         distill_loss = None
         if distill and outputs.relevance is not None:
-            distill_loss = _distill_kl(outputs.selection, outputs.relevance, float(selector_distill_temperature), logits)
+            distill_loss = _distill_kl(outputs.selection, outputs.relevance, float(selector_distill_temperature), logits,
+                                       negatives=selector_distill_negatives)
         return VideoXLProCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -960,13 +974,44 @@ def _register_relevance_hooks(language_model, labels, attention_mask, selection,
     return handles
 
 
-def _distill_kl(selection, relevance, tau: float, like: torch.Tensor) -> torch.Tensor:
+def _low_relevance_probes(sel, rel):
+    """The probes of ``sel``'s kept tokens in groups whose mean relevance is below half the most relevant group's
+    (None when the sample has no probe or fewer than two kept groups)."""
+    if sel is None or sel.get("probe") is None or rel.numel() < 2 or float(rel.sum()) <= 0:
+        return None
+    probe_all, _, kept = sel["probe"]
+    probe, groups = probe_all[kept].float(), kept // sel["tokens_per_group"]
+    uniq, inv = torch.unique(groups, return_inverse=True)
+    if uniq.numel() < 2:
+        return None
+    rel = rel.to(probe.device)
+    mean = torch.zeros(uniq.numel(), device=probe.device).index_add_(0, inv, rel.float())
+    mean = mean / torch.bincount(inv, minlength=uniq.numel()).float()
+    low = mean[inv] < 0.5 * mean.max()
+    return probe[low] if bool(low.any()) else None
+
+
+def _distill_kl(selection, relevance, tau: float, like: torch.Tensor, negatives: bool = False) -> torch.Tensor:
     losses = []
-    for sel, rel in zip(selection, relevance):
+    pool = [_low_relevance_probes(sel, rel) for sel, rel in zip(selection, relevance)] if negatives else None
+    for i, (sel, rel) in enumerate(zip(selection, relevance)):
         if sel is None or sel["scores"] is None or rel.numel() < 2 or float(rel.sum()) <= 0:
             continue
         target = rel / rel.sum().clamp_min(1e-12)
-        logp = torch.log_softmax(tau * sel["scores"].float(), dim=0)
+        logits = tau * sel["scores"].float()
+        if negatives and sel.get("probe") is not None:
+            probe_all, query, _ = sel["probe"]
+            raw = probe_all.float() @ query
+            foreign = [
+                pool[j] for j in range(len(selection))
+                if j != i and pool[j] is not None and torch.equal(selection[j]["query_ids"], sel["query_ids"])
+            ]
+            if foreign:
+                lo, hi = raw.min(), raw.max()
+                # the other samples' tokens on this sample's min-max scale (may leave [0, 1]: that is the point)
+                neg = (torch.cat(foreign) @ query - lo) / (hi - lo).clamp_min(1e-6)
+                logits = torch.cat([logits, tau * neg])
+        logp = torch.log_softmax(logits, dim=0)[: target.numel()]
         losses.append((target * (torch.log(target.clamp_min(1e-12)) - logp)).sum())
     if not losses:
         return like.new_zeros((), dtype=torch.float32)

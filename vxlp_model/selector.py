@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import vxlp_ops
 from vxlp_ops.reference.sgm import min_max
@@ -126,6 +125,10 @@ class Selection:
     those rows as they enter the LLM; ``visual_pos`` / ``time_pos``: int64 positions of the kept rows in the
     uncompacted block (to put them in order); ``scores``: float ``[N]`` every visual token's score (None when the
     selector is off or absent) — in training it carries the gradient to the selector's parameters.
+    ``probe`` ``[N, d]`` (the tokens' dtype) and ``query`` float32 ``[d]`` (``vxlp`` in training, else None): the
+    scoring vectors and the mean query vector, so that ``scores = min_max(probe @ query)`` (references to tensors
+    the scores' graph holds anyway: no copy) — what the distillation's in-batch negatives
+    score another sample's tokens with.
     """
 
     kept_visual: torch.Tensor
@@ -135,6 +138,8 @@ class Selection:
     visual_pos: torch.Tensor
     time_pos: torch.Tensor
     scores: torch.Tensor | None
+    probe: torch.Tensor | None = None
+    query: torch.Tensor | None = None
 
 
 def block_layout(time_group: torch.Tensor, num_groups: int, tokens_per_group: int):
@@ -252,6 +257,7 @@ class QueryAwareSelector(nn.Module):
         rows, mask = _time_rows_per_group(time_rows, time_group, g)
         k = keep_count(n, self.impl, mode, budget, keep_ratio)
         step = max(1, chunk_tokens // p)
+        probe = None
         if g <= step:  # one chunk: the fused op
             probe = self._probe(visual.to(dev), rows, mask).reshape(n, d)
             _, idx, scores = vxlp_ops.query_topk_gather(probe[None], query[None], k, inject_scores=False)
@@ -283,7 +289,9 @@ class QueryAwareSelector(nn.Module):
             kept_time = touched[time_group]
         else:
             kept_time = torch.ones(time_rows.shape[0], dtype=torch.bool, device=dev)
-        return Selection(idx, kept, kept_time, time_out[kept_time], visual_pos[idx], time_pos[kept_time], scores)
+        keep_probe = self.impl == "vxlp" and self.training and probe is not None
+        return Selection(idx, kept, kept_time, time_out[kept_time], visual_pos[idx], time_pos[kept_time], scores,
+                         probe if keep_probe else None, query.float().mean(0) if keep_probe else None)
 
 
 def budget_selection(scores: torch.Tensor, tokens_per_group: int, time_counts: torch.Tensor, budget: int) -> torch.Tensor:

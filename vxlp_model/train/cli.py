@@ -91,6 +91,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--selector-budget", type=int)
     s.add_argument("--distill-weight", type=float, default=0.0, help="selector relevance distillation weight (0: released training)")
     s.add_argument("--distill-temperature", type=float, default=10.0)
+    s.add_argument("--distill-negatives", action="store_true",
+                   help="the distillation also ranks each sample's tokens above the micro-batch's low-relevance tokens of other samples asked the same question")
     s.add_argument("--mask-ratio", type=float, default=0.5, help="ReCoT: SGM mask ratio")
     s.add_argument("--pool", type=float, default=0.75, help="ReCoT: SGM candidate pool")
     s.add_argument("--score-loss-weight", type=float, default=0.1)

@@ -93,6 +93,7 @@ def train_qa(
     selector_full_view_fraction: float = 0.0,
     selector_distill_weight: float = 0.0,
     selector_distill_temperature: float = 10.0,
+    selector_distill_negatives: bool = False,
     progress: bool = True,
     desc: str = "QA",
     vst_ratios: tuple[int, ...] = (2, 4, 8, 16),
@@ -118,7 +119,9 @@ def train_qa(
             probability (drawn per step).
         selector_distill_weight, selector_distill_temperature: weight and temperature of the selector's relevance
             distillation (our design; 0 = the released training), see
-            :meth:`VideoXLProForConditionalGeneration.forward`.
+            :meth:`VideoXLProForConditionalGeneration.forward`. selector_distill_negatives (our design): the
+            distillation also ranks each sample's tokens above the batch's low-relevance tokens of the other
+            samples asked the same question (in-batch negatives, same method).
         vst_ratios: a model with ``llm_compression = "vst"`` draws its compression ratio per step from this
             curriculum (:func:`vxlp_model.llm_compression.vst_curriculum_ratio`).
 
@@ -165,6 +168,8 @@ def train_qa(
             call["selector_mode"], call["selector_keep_ratio"] = "ratio", 1.0  # every token kept, and scored
         if selector_distill_weight > 0:
             call["selector_distill_temperature"] = selector_distill_temperature
+            if selector_distill_negatives:
+                call["selector_distill_negatives"] = True
         if getattr(model.config, "llm_compression", "none") == "vst":
             call["vst_ratio"] = vst_curriculum_ratio(step, steps, gen, vst_ratios)
         out = model(**batch, **call)

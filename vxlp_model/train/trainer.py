@@ -79,7 +79,7 @@ _FINGERPRINT = (
     "min_lr_ratio", "weight_decay", "grad_clip", "adam_betas", "adam_eps", "precision", "seed", "shuffle", "fps",
     "max_frames", "max_length", "freeze", "selector_mode", "keep_ratio_range", "selector_budget", "distill_weight",
     "distill_temperature", "mask_ratio", "pool", "score_loss_weight", "clips_per_video", "recot_decoder_layers",
-    "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "vst_ratios",
+    "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "vst_ratios", "distill_negatives",
 )
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -105,7 +105,8 @@ class TrainConfig:
 
     Stage settings: ``freeze`` (finetune groups kept fixed), ``selector_mode`` (default: ``ratio`` in finetune, ``off``
     in projector), ``keep_ratio_range``, ``selector_budget``, ``distill_weight`` / ``distill_temperature`` (the
-    selector's relevance distillation), ``vst_ratios`` (a model with ``llm_compression = "vst"``: the compression
+    selector's relevance distillation) and ``distill_negatives`` (its in-batch negatives: each micro-batch's other
+    samples asked the same question), ``vst_ratios`` (a model with ``llm_compression = "vst"``: the compression
     ratios of the training curriculum, :func:`vxlp_model.llm_compression.vst_curriculum_ratio`); ReCoT: ``mask_ratio``, ``pool``, ``score_loss_weight``, ``clips_per_video``,
     ``recot_decoder_layers`` (for a model without a decoder). LoRA (finetune, optional, needs ``peft``):
     ``lora_rank`` > 0 trains low-rank adapters on the LLM's ``lora_targets`` projections (``lora_alpha``,
@@ -154,6 +155,7 @@ class TrainConfig:
     selector_budget: int | None = None
     distill_weight: float = 0.0
     distill_temperature: float = 10.0
+    distill_negatives: bool = False
     vst_ratios: tuple = (2, 4, 8, 16)
     mask_ratio: float = 0.5
     pool: float = 0.75
@@ -466,9 +468,12 @@ class _Run:
             with open(run_config) as f:
                 saved = json.load(f)
             mine = cfg.fingerprint()
-            diff = [k for k in mine if saved["fingerprint"].get(k) != mine[k]]
+            # a setting added after the run was saved counts as its default there
+            defaults = {f.name: _jsonable(f.default) for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+            theirs = {k: saved["fingerprint"].get(k, defaults.get(k)) for k in mine}
+            diff = [k for k in mine if theirs[k] != mine[k]]
             if diff:
-                detail = ", ".join(f"--{k.replace('_', '-')} {saved['fingerprint'].get(k)!r} → {mine[k]!r}" for k in diff)
+                detail = ", ".join(f"--{k.replace('_', '-')} {theirs[k]!r} → {mine[k]!r}" for k in diff)
                 raise ValueError(f"--resume: the settings differ from the run in {self.out}: {detail}; a resumed run must use the same settings")
         elif cfg.resume:
             self._log(f"--resume: no checkpoint in {self.out}; starting from step 0")
@@ -568,6 +573,8 @@ class _Run:
             call["selector_budget"] = cfg.selector_budget
         if cfg.distill_weight > 0:
             call["selector_distill_temperature"] = cfg.distill_temperature
+            if cfg.distill_negatives:
+                call["selector_distill_negatives"] = True
         if getattr(model.config, "llm_compression", "none") == "vst":
             call["vst_ratio"] = vst_curriculum_ratio(step, self.total, gen, cfg.vst_ratios)
         inputs = {k: v.to(self.dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
