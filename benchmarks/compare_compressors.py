@@ -8,9 +8,10 @@ Rows (SPEC §8; :mod:`vxlp_model.llm_compression`), all on the tiny config after
 - compression inside the LLM: ``vst`` (Video-XL's summary tokens) and ``lp_comp`` (XComp's layer-wise shrinking),
   each alone (``frame_selection = none``) and combined with ``selector`` and ``qc_comp``.
 
-Training: the demo's recipe (ReCoT, then QA on haystacks of 1–8 frames with the selector in budget mode) gives the
-base model; the VST and LP-Comp models start from it and are fine-tuned ``--ft-steps`` steps with their compressor
-on (VST draws its ratio from the curriculum). The selector and QC-Comp need no extra training.
+Training: the demo's earlier recipe (ReCoT, then QA on haystacks of 1–8 frames at lr 2e-3 with the selector in
+budget mode at 64 tokens; not the demo's current defaults, which the recorded results predate) gives the base
+model; the VST and LP-Comp models start from it and are fine-tuned ``--ft-steps`` steps with their compressor on
+(VST draws its ratio from the curriculum). The selector and QC-Comp need no extra training.
 
 Per row and haystack length: accuracy (greedy, 5 depths × ``--samples`` questions), the rows the LLM reads (prompt
 rows after selection, plus VST's summary tokens), the visual K/V the LLM keeps after the prompt (bytes per frame,

@@ -78,6 +78,38 @@ def test_needle_task_variants_are_correct_by_construction():
                 assert shape in ("square", "circle", "triangle")
 
 
+def test_needle_alone_videos_hold_only_the_needles():
+    from vxlp_model.demo import needle_training_sampler
+
+    g = torch.Generator().manual_seed(3)
+    hay = torch.randint(0, 200, (40, 16, 16, 3), generator=g, dtype=torch.uint8)  # no pure needle colour, no gray 200
+    needle_colours = torch.tensor(list(COLOURS.values()), dtype=torch.uint8)
+
+    def is_needle(frame):  # a generated needle: light-gray background and one of the needle colours
+        background = (frame == 200).all(-1).sum()
+        coloured = (frame[:, :, None, :] == needle_colours).all(-1).any(-1).sum()
+        return int(background) > 0 and int(coloured) > 0 and int(background + coloured) == frame.shape[0] * frame.shape[1]
+
+    alone = needle_training_sampler(hay, 8, 0.5, 1000.0, needle_alone_fraction=1.0)
+    counts = set()
+    for _ in range(40):
+        frames, ts, question, answer = alone(g)
+        two = not question.startswith("What colour is the shape shown")
+        assert frames.shape[0] == (2 if two else 1) and ts.shape == (frames.shape[0],)
+        assert all(is_needle(f) for f in frames)
+        assert (ts[1:] > ts[:-1]).all() and ts.min() >= 0.0
+        colour = ["red", "green", "blue", "yellow"][LETTERS.index(answer)]
+        assert any((f == torch.tensor(COLOURS[colour], dtype=torch.uint8)).all(-1).any() for f in frames)
+        counts.add(frames.shape[0])
+    assert counts == {1, 2}
+    mixed = needle_training_sampler(hay, 8, 0.0, 1000.0, needle_alone_fraction=0.5)
+    sizes = [mixed(g)[0].shape[0] for _ in range(200)]
+    n_alone = sum(n == 1 for n in sizes)  # a haystack video holds at least one haystack frame besides the needle
+    assert 70 <= n_alone <= 130  # Binomial(200, 0.5): ±4.2 sd
+    with pytest.raises(ValueError, match="needle_alone_fraction"):
+        needle_training_sampler(hay, 8, 0.0, 1000.0, needle_alone_fraction=1.5)
+
+
 def test_haystack_token_cache_equals_encoding_the_pixels():
     from vxlp_model import VideoXLProConfig, VideoXLProForConditionalGeneration, VideoXLProVideoProcessor
     from vxlp_model.eval.needle_tasks import HaystackTokenCache, make_needle_sample
