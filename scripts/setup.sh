@@ -42,4 +42,6 @@ fi
 "${PIP[@]}" install --no-build-isolation --no-deps --force-reinstall .
 # report from outside the checkout, so the installed package (with its compiled extension) is the one imported
 VENV_ABS="$(cd "$VENV" && pwd)"
-(cd / && "$VENV_ABS/bin/python" -m vxlp_ops.info | head -3)
+# (sed reads to the end: `head` could close the pipe before python has written, a BrokenPipeError that pipefail
+# turns into a failed setup)
+(cd / && "$VENV_ABS/bin/python" -m vxlp_ops.info | sed -n 1,3p)

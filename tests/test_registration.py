@@ -230,6 +230,23 @@ def test_info_module_exits_zero_and_lists_ops():
     assert "reference" in res.stdout and "available" in res.stdout
 
 
+def test_info_module_exits_zero_when_the_reader_stops_early():
+    """``python -m vxlp_ops.info | head -3`` (scripts/setup.sh did this): a reader that closes the pipe before the
+    report is written must not make the command fail (with ``pipefail`` it failed the whole setup)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(vxlp_ops.__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("VXLP_BACKEND", "VXLP_DISABLE_EXTENSION")}
+    env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: the first write raises BrokenPipeError
+    try:
+        res = subprocess.run([sys.executable, "-m", "vxlp_ops.info"], env=env, stdout=write, stderr=subprocess.PIPE,
+                             text=True, timeout=180, cwd=here)
+    finally:
+        os.close(write)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "BrokenPipeError" not in res.stderr
+
+
 def test_info_module_without_extension():
     res = _run(["-m", "vxlp_ops.info"], VXLP_DISABLE_EXTENSION="1")
     assert res.returncode == 0, res.stderr[-3000:]
