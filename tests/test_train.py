@@ -268,3 +268,97 @@ def test_distillation_in_batch_negatives_match_a_float64_reference(tiny):
              selector_distill_negatives=True)
     train_qa(model, proc, sample_fn, 1, batch_size=2, progress=False, selector_mode="budget", selector_distill_negatives=True)
     assert seen == [True, True, False]
+
+
+def test_negative_memory_is_a_fifo_per_question():
+    from vxlp_model.selector import SelectorNegativeMemory
+
+    g = torch.Generator().manual_seed(0)
+    mem = SelectorNegativeMemory(5)
+    red, blue = torch.tensor([3, 4]), torch.tensor([3, 9])
+    vis = torch.randn(4, 9, 8, generator=g)
+    rows = torch.randn(4, 3, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    mem.push(red, vis[:3], rows[:3], mask[:3])
+    mem.push(blue, vis[3:], rows[3:], mask[3:])
+    assert len(mem) == 4 and mem.groups(torch.tensor([7])) is None
+    v, r, m = mem.groups(red)
+    assert torch.equal(v, vis[:3]) and torch.equal(m, mask[:3]) and torch.equal(r[m], rows[:3][mask[:3]])
+    assert not r[~m].any()
+    vis[0] += 1.0  # the memory holds copies
+    assert not torch.equal(mem.groups(red)[0][0], vis[0])
+    mem.push(red, vis[:3], rows[:3], mask[:3])  # 7 groups pushed into 5 places: the two oldest (red) go
+    assert len(mem) == 5
+    v, _, _ = mem.groups(red)
+    assert v.shape[0] == 4 and torch.equal(v[1:], vis[:3])
+    assert mem.groups(blue)[0].shape[0] == 1
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="capacity"):
+            SelectorNegativeMemory(bad)
+
+
+def test_distillation_memory_negatives_match_a_float64_reference(tiny):
+    """``selector_distill_memory``: the memory's groups asked a sample's question join its softmax, re-scored by the
+    current selector on the sample's min-max range; afterwards the step's low-relevance groups are in the memory."""
+    import copy
+
+    from vxlp_model.modeling import _distill_kl
+    from vxlp_model.selector import SelectorNegativeMemory
+
+    tok, cfg, proc = tiny
+    torch.manual_seed(0)
+    model = VideoXLProForConditionalGeneration(cfg).train()
+    with torch.no_grad():  # the residual MLP starts at zero: give it something to do
+        model.model.selector.visual_mlp[2].weight.normal_(0.0, 0.05)
+    g = torch.Generator().manual_seed(4)
+    questions = ["red?", "blue?", "red?"]
+    prompts = [proc.apply_chat_template(conversation(q, "red")) for q in questions]
+    videos = [torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8) for n in (12, 8, 16)]
+    batch = proc(text=prompts, videos=videos, video_timestamps=[torch.arange(float(v.shape[0])) for v in videos],
+                 return_labels=True, padding_side="right")
+    out = model(**batch, selector_mode="ratio", selector_keep_ratio=1.0, selector_distill_temperature=10.0)
+    sels, tau, p, d = out.selection, 10.0, cfg.tokens_per_group, cfg.text_config.hidden_size
+    rel = []
+    for s in sels:  # relevance with contrast: each sample's first group 5x the rest
+        grp = s["kept_visual"] // p
+        rel.append(((torch.rand(grp.numel(), generator=g, dtype=torch.float64) + 0.5) * torch.where(grp == grp.min(), 5.0, 1.0)).float())
+    mem = SelectorNegativeMemory(64)
+    held_vis = torch.randn(3, p, d, generator=g)
+    held_rows = torch.randn(3, 4, d, generator=g)
+    held_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    mem.push(sels[0]["query_ids"], held_vis, held_rows, held_mask)  # asked "red?"
+    loss = _distill_kl(sels, rel, tau, out.logits, memory=mem, selector=model.model.selector)
+    plain = _distill_kl(sels, rel, tau, out.logits)
+    # float64 reference: the memory's probes by a float64 copy of the selector, the formula written out
+    sel64 = copy.deepcopy(model.model.selector).double()
+    with torch.no_grad():
+        mem_probe = sel64.probe_groups(held_vis.double(), held_rows.double(), held_mask).reshape(-1, d)
+    want = []
+    for i, s in enumerate(sels):
+        probe = s["probe"][0][s["probe"][2]].detach().double()
+        query = s["probe"][1].detach().double()
+        raw = probe @ query
+        own = (raw - raw.min()) / (raw.max() - raw.min())
+        neg = (mem_probe @ query - raw.min()) / (raw.max() - raw.min()) if questions[i] == "red?" else own[:0]
+        logits = tau * torch.cat([own, neg])
+        target = rel[i].double() / rel[i].double().sum()
+        logp = (logits - torch.logsumexp(logits, 0))[: target.numel()]
+        want.append(float((target * (target.log() - logp)).sum()))
+    assert float(loss.detach()) == pytest.approx(np.mean(want), rel=1e-4)
+    assert float(loss.detach()) > float(plain.detach()) + 1e-4
+    # afterwards: the 3 held groups, then each sample's low-relevance groups (every group but its first)
+    n_groups = [v.shape[0] // cfg.frames_per_group for v in videos]
+    assert len(mem) == 3 + sum(n - 1 for n in n_groups)
+    v_red, _, _ = mem.groups(sels[0]["query_ids"])
+    assert v_red.shape[0] == 3 + (n_groups[0] - 1) + (n_groups[2] - 1) and torch.equal(v_red[:3], held_vis)
+    assert mem.groups(sels[1]["query_ids"])[0].shape[0] == n_groups[1] - 1
+    # the memory's probes carry gradient to the selector's parameters
+    model.zero_grad()
+    loss.backward(retain_graph=True)
+    grad_mem = model.model.selector.visual_mlp[0].weight.grad.clone()
+    model.zero_grad()
+    plain_again = _distill_kl(sels, rel, tau, out.logits)
+    plain_again.backward()
+    assert not torch.allclose(grad_mem, model.model.selector.visual_mlp[0].weight.grad)
+    with pytest.raises(ValueError, match="selector_distill_memory"):
+        train_qa(model, proc, lambda gen: None, 1, progress=False, selector_distill_memory=-1)

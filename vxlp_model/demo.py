@@ -20,7 +20,9 @@
      ``train_budget_range`` (tight enough to choose among two groups); a ``selector_full_view_fraction`` of the
      steps keeping every token but still scoring it (the distillation then covers the tokens a budget drops); and
      in-batch negatives in the distillation's softmax (``selector_distill_negatives``: the batch's other videos'
-     low-relevance tokens), so each question ranks its needle above a whole batch of haystack.
+     low-relevance tokens), so each question ranks its needle above a whole batch of haystack. Off by default
+     (measured in README: slower, and not better on every seed): ``selector_distill_memory``, a first-in-first-out
+     memory of earlier steps' low-relevance groups added to those negatives.
 
    A fraction ``two_needle_fraction`` of the training questions has two needles and asks for the colour of one
    shape (the query-dependent task), and a fraction ``needle_alone_fraction`` of the videos is the needle alone
@@ -222,6 +224,7 @@ def run_demo(
     selector_warmup_steps: int = 300,
     selector_full_view_fraction: float = 0.25,
     selector_distill_negatives: bool = True,
+    selector_distill_memory: int = 0,
     two_needle_fraction: float = 0.3,
     needle_alone_fraction: float = 0.25,
     progress: bool = True,
@@ -277,6 +280,7 @@ def run_demo(
         freeze_vision=freeze_vision, selector_mode="budget", selector_distill_weight=selector_distill_weight,
         selector_budget_range=train_budget_range, selector_off_steps=selector_warmup_steps,
         selector_full_view_fraction=selector_full_view_fraction, selector_distill_negatives=selector_distill_negatives,
+        selector_distill_memory=selector_distill_memory,
     )
     t_eval = time.time()
     model.eval()
@@ -322,6 +326,7 @@ def run_demo(
             "mode": "budget (training and evaluation)", "budget_tokens": selector_budget, "distill_weight": selector_distill_weight,
             "train_budget_range": list(train_budget_range) if train_budget_range else None, "warmup_steps_off": selector_warmup_steps,
             "full_view_fraction": selector_full_view_fraction, "distill_in_batch_negatives": selector_distill_negatives,
+            "distill_memory_groups": selector_distill_memory,
         },
         "steps": {"recot": recot_steps, "qa": qa_steps, "batch_size": batch_size, "lr": lr},
         "final_loss": {"recot": recot_hist[-1]["recon_loss"], "qa": float(np.mean([h["lm_loss"] for h in qa_hist[-20:]]))},

@@ -446,7 +446,7 @@ class VideoXLProModel(VideoXLProPreTrainedModel):
                 if sel.scores is not None:
                     kept_scores.append(sel.scores[sel.kept_visual])
                 if sel.probe is not None:  # references only; the negatives' loss indexes and multiplies when asked
-                    probes.append((sel.probe, sel.query, sel.kept_visual))
+                    probes.append((sel.probe, sel.query, sel.kept_visual, sel.probe_inputs))
                 out_len += block_rows.shape[0]
                 vis_offset += g * p
                 cursor = e
@@ -749,6 +749,7 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         selector_keep_ratio: float | None = None,
         selector_distill_temperature: float | None = None,
         selector_distill_negatives: bool = False,
+        selector_distill_memory=None,
         recot_pixel_values: torch.Tensor | None = None,
         recot_options: dict | None = None,
         **kwargs,
@@ -766,6 +767,9 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         the LLM hardly used (group relevance below half of that sample's most relevant group), scored with this
         sample's query and min-max range. A short training video has one or two groups to rank; the negatives make
         its query rank its relevant tokens above the batch's whole haystack, as a long video asks at inference.
+        ``selector_distill_memory`` (a :class:`vxlp_model.selector.SelectorNegativeMemory`; ``vxlp`` selector, our
+        design): the same, with the low-relevance groups of earlier steps (asked the same question) re-scored by
+        the current selector; this call then adds its own low-relevance groups to the memory (its one side effect).
 
         ``recot_pixel_values`` (float ``[4G, 3, S, S]``, ReCoT pre-training, SPEC §3): instead of the LM forward,
         return :class:`VideoXLProReCoTOutput` from :meth:`VideoXLProModel.recot_loss` (``recot_options``: its
@@ -806,7 +810,8 @@ class VideoXLProForConditionalGeneration(VideoXLProPreTrainedModel, GenerationMi
         distill_loss = None
         if distill and outputs.relevance is not None:
             distill_loss = _distill_kl(outputs.selection, outputs.relevance, float(selector_distill_temperature), logits,
-                                       negatives=selector_distill_negatives)
+                                       negatives=selector_distill_negatives, memory=selector_distill_memory,
+                                       selector=self.model.selector)
         return VideoXLProCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -974,12 +979,13 @@ def _register_relevance_hooks(language_model, labels, attention_mask, selection,
     return handles
 
 
-def _low_relevance_probes(sel, rel):
-    """The probes of ``sel``'s kept tokens in groups whose mean relevance is below half the most relevant group's
-    (None when the sample has no probe or fewer than two kept groups). ``sel`` has a usable relevance ``rel``."""
+def _low_relevance(sel, rel):
+    """``(probes, groups)``: the probes of ``sel``'s kept tokens in groups whose mean relevance is below half the
+    most relevant group's, and those groups' indices in the video block (None when the sample has no probe or fewer
+    than two kept groups, or no such group). ``sel`` has a usable relevance ``rel``."""
     if sel.get("probe") is None:
         return None
-    probe_all, _, kept = sel["probe"]
+    probe_all, _, kept, _ = sel["probe"]
     probe, groups = probe_all[kept].float(), kept // sel["tokens_per_group"]
     uniq, inv = torch.unique(groups, return_inverse=True)
     if uniq.numel() < 2:
@@ -988,34 +994,57 @@ def _low_relevance_probes(sel, rel):
     mean = torch.zeros(uniq.numel(), device=probe.device).index_add_(0, inv, rel.float())
     mean = mean / torch.bincount(inv, minlength=uniq.numel()).float()
     low = mean[inv] < 0.5 * mean.max()
-    return probe[low] if bool(low.any()) else None
+    return (probe[low], uniq[mean < 0.5 * mean.max()]) if bool(low.any()) else None
 
 
-def _distill_kl(selection, relevance, tau: float, like: torch.Tensor, negatives: bool = False) -> torch.Tensor:
+def _distill_kl(
+    selection, relevance, tau: float, like: torch.Tensor, negatives: bool = False, memory=None, selector=None
+) -> torch.Tensor:
+    """The selector's relevance distillation loss (see :meth:`VideoXLProForConditionalGeneration.forward`).
+
+    ``memory`` (a :class:`vxlp_model.selector.SelectorNegativeMemory`, with the ``selector`` that re-scores it): its
+    groups asked under a sample's question join that sample's negatives; afterwards this step's low-relevance groups
+    are pushed into it (so a step never sees its own groups there).
+    """
     losses = []
     usable = [sel is not None and sel["scores"] is not None and rel.numel() >= 2 and float(rel.sum()) > 0
               for sel, rel in zip(selection, relevance)]
-    if negatives:
-        pool = [_low_relevance_probes(sel, rel) if ok else None for sel, rel, ok in zip(selection, relevance, usable)]
+    pool = [None] * len(selection)
+    if negatives or memory is not None:
+        pool = [_low_relevance(sel, rel) if ok else None for sel, rel, ok in zip(selection, relevance, usable)]
+    remembered = {}  # question -> probes of the memory's groups, scored once per step with the current selector
     for i, (sel, rel) in enumerate(zip(selection, relevance)):
         if not usable[i]:
             continue
         target = rel / rel.sum().clamp_min(1e-12)
         logits = tau * sel["scores"].float()
+        foreign = []
         if negatives and sel.get("probe") is not None:
             foreign = [
-                pool[j] for j in range(len(selection))
+                pool[j][0] for j in range(len(selection))
                 if j != i and pool[j] is not None and torch.equal(selection[j]["query_ids"], sel["query_ids"])
             ]
-            if foreign:
-                probe_all, query, _ = sel["probe"]
-                raw = probe_all.float() @ query
-                lo, hi = raw.min(), raw.max()
-                # the other samples' tokens on this sample's min-max scale (may leave [0, 1]: that is the point)
-                neg = (torch.cat(foreign) @ query - lo) / (hi - lo).clamp_min(1e-6)
-                logits = torch.cat([logits, tau * neg])
+        if memory is not None and len(memory) and sel.get("probe") is not None:
+            key = tuple(sel["query_ids"].tolist())
+            if key not in remembered:
+                held = memory.groups(sel["query_ids"])
+                remembered[key] = None if held is None else selector.probe_groups(*held).reshape(-1, held[0].shape[-1]).float()
+            if remembered[key] is not None:
+                foreign.append(remembered[key])
+        if foreign:
+            probe_all, query, _, _ = sel["probe"]
+            raw = probe_all.float() @ query
+            lo, hi = raw.min(), raw.max()
+            # the other samples' tokens on this sample's min-max scale (may leave [0, 1]: that is the point)
+            neg = (torch.cat(foreign) @ query - lo) / (hi - lo).clamp_min(1e-6)
+            logits = torch.cat([logits, tau * neg])
         logp = torch.log_softmax(logits, dim=0)[: target.numel()]
         losses.append((target * (torch.log(target.clamp_min(1e-12)) - logp)).sum())
+    if memory is not None:
+        for sel, low in zip(selection, pool):
+            if low is not None:
+                visual, rows, mask = sel["probe"][3]
+                memory.push(sel["query_ids"], visual[low[1]], rows[low[1]], mask[low[1]])
     if not losses:
         return like.new_zeros((), dtype=torch.float32)
     return torch.stack(losses).mean()

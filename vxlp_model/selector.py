@@ -128,7 +128,9 @@ class Selection:
     ``probe`` ``[N, d]`` (the tokens' dtype) and ``query`` float32 ``[d]`` (``vxlp`` in training, else None): the
     scoring vectors and the mean query vector, so that ``scores = min_max(probe @ query)`` (references to tensors
     the scores' graph holds anyway: no copy) — what the distillation's in-batch negatives
-    score another sample's tokens with.
+    score another sample's tokens with. ``probe_inputs`` (same condition): the probe's inputs ``(visual [G, P, d],
+    time rows [G, n, d], time mask bool [G, n])``, detached, as :meth:`QueryAwareSelector.probe_groups` takes them
+    (what a :class:`SelectorNegativeMemory` keeps).
     """
 
     kept_visual: torch.Tensor
@@ -140,6 +142,7 @@ class Selection:
     scores: torch.Tensor | None
     probe: torch.Tensor | None = None
     query: torch.Tensor | None = None
+    probe_inputs: tuple | None = None
 
 
 def block_layout(time_group: torch.Tensor, num_groups: int, tokens_per_group: int):
@@ -217,6 +220,17 @@ class QueryAwareSelector(nn.Module):
         attn, _ = self.time_attn(vis, time_rows.detach(), time_rows.detach(), key_padding_mask=~time_mask, need_weights=False)
         return probe + torch.nan_to_num(attn)  # a group without time rows adds nothing
 
+    def probe_groups(self, visual: torch.Tensor, time_rows: torch.Tensor, time_mask: torch.Tensor) -> torch.Tensor:
+        """``vxlp`` scoring vectors ``[g, P, d]`` of the groups ``visual`` ``[g, P, d]``, given each group's padded
+        time-text rows ``[g, n, d]`` and their mask bool ``[g, n]`` (a :class:`Selection`'s ``probe_inputs``).
+
+        Raises ``ValueError`` for the released implementations (they keep no separate probe).
+        """
+        if self.impl != "vxlp":
+            raise ValueError(f"probe_groups needs selector_impl 'vxlp', got {self.impl!r}")
+        dev = self.text_mlp[0].weight.device
+        return self._probe(visual.to(dev), time_rows.to(dev), time_mask.to(dev))
+
     def forward(
         self,
         visual: torch.Tensor,
@@ -291,7 +305,58 @@ class QueryAwareSelector(nn.Module):
             kept_time = torch.ones(time_rows.shape[0], dtype=torch.bool, device=dev)
         keep_probe = self.impl == "vxlp" and self.training and probe is not None
         return Selection(idx, kept, kept_time, time_out[kept_time], visual_pos[idx], time_pos[kept_time], scores,
-                         probe if keep_probe else None, query.float().mean(0) if keep_probe else None)
+                         probe if keep_probe else None, query.float().mean(0) if keep_probe else None,
+                         (visual.detach(), rows.detach(), mask) if keep_probe else None)
+
+
+class SelectorNegativeMemory:
+    """A first-in-first-out memory of the haystack groups the LLM hardly used, for the selector's relevance
+    distillation (our design; the queue of negatives of MoCo, He et al., CVPR 2020, applied to the selector).
+
+    In-batch negatives show a question only the batch's few short videos; at inference a long video holds
+    thousands of groups, and a handful of haystack scenes that outscore the needle is enough to push it out of the
+    budget. The memory keeps the last ``capacity`` low-relevance groups of earlier steps (with the question they
+    were asked under) and the distillation adds them to the softmax of every later sample asked the same question.
+    It keeps the probe's *inputs* (detached visual tokens and the group's time-text rows), not the probes, so each
+    step re-scores them with the current selector: the scores are never stale and the gradient reaches the
+    selector's parameters.
+
+    Args: capacity: groups kept (≥ 1); the oldest go first. Raises ``ValueError`` for a capacity below 1.
+    Deterministic: no randomness; the content depends only on the order of :meth:`push` calls.
+    """
+
+    def __init__(self, capacity: int):
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+        self.capacity = capacity
+        self._items: list[tuple] = []  # (query ids tuple, visual [P, d], time rows [n, d], mask [n])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, query_ids: torch.Tensor, visual: torch.Tensor, time_rows: torch.Tensor, time_mask: torch.Tensor) -> None:
+        """Add groups asked under ``query_ids`` (int ``[L]``): ``visual`` ``[g, P, d]``, ``time_rows`` ``[g, n, d]``,
+        ``time_mask`` bool ``[g, n]`` (detached copies are kept)."""
+        key = tuple(int(t) for t in query_ids.reshape(-1).tolist())
+        for v, r, m in zip(visual.detach(), time_rows.detach(), time_mask):
+            self._items.append((key, v.clone(), r[m].clone()))
+        del self._items[: max(0, len(self._items) - self.capacity)]
+
+    def groups(self, query_ids: torch.Tensor):
+        """The kept groups asked under ``query_ids``, as :meth:`QueryAwareSelector.probe_groups` takes them:
+        ``(visual [m, P, d], time rows [m, n, d], mask bool [m, n])``, oldest first; None when there are none."""
+        key = tuple(int(t) for t in query_ids.reshape(-1).tolist())
+        hits = [(v, r) for k, v, r in self._items if k == key]
+        if not hits:
+            return None
+        n = max(r.shape[0] for _, r in hits)
+        d = hits[0][0].shape[-1]
+        rows = hits[0][1].new_zeros((len(hits), n, d))
+        mask = torch.zeros((len(hits), n), dtype=torch.bool, device=rows.device)
+        for i, (_, r) in enumerate(hits):
+            rows[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = True
+        return torch.stack([v for v, _ in hits]), rows, mask
 
 
 def budget_selection(scores: torch.Tensor, tokens_per_group: int, time_counts: torch.Tensor, budget: int) -> torch.Tensor:

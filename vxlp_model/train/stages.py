@@ -8,6 +8,7 @@ import torch
 
 from ..llm_compression import vst_curriculum_ratio
 from ..processing import conversation
+from ..selector import SelectorNegativeMemory
 from .loop import train_loop
 
 
@@ -94,6 +95,7 @@ def train_qa(
     selector_distill_weight: float = 0.0,
     selector_distill_temperature: float = 10.0,
     selector_distill_negatives: bool = False,
+    selector_distill_memory: int = 0,
     progress: bool = True,
     desc: str = "QA",
     vst_ratios: tuple[int, ...] = (2, 4, 8, 16),
@@ -121,7 +123,10 @@ def train_qa(
             distillation (our design; 0 = the released training), see
             :meth:`VideoXLProForConditionalGeneration.forward`. selector_distill_negatives (our design): the
             distillation also ranks each sample's tokens above the batch's low-relevance tokens of the other
-            samples asked the same question (in-batch negatives, same method).
+            samples asked the same question (in-batch negatives, same method). selector_distill_memory (our design;
+            0 = off): also the last this-many low-relevance groups of earlier steps, asked the same question, in a
+            :class:`vxlp_model.selector.SelectorNegativeMemory` that lives for this call (a first-in-first-out queue
+            of negatives, re-scored by the current selector at every step).
         vst_ratios: a model with ``llm_compression = "vst"`` draws its compression ratio per step from this
             curriculum (:func:`vxlp_model.llm_compression.vst_curriculum_ratio`).
 
@@ -133,6 +138,9 @@ def train_qa(
         raise ValueError(f"selector_off_steps must be >= 0, got {selector_off_steps}")
     if not 0.0 <= selector_full_view_fraction <= 1.0:
         raise ValueError(f"selector_full_view_fraction must be in [0, 1], got {selector_full_view_fraction}")
+    if isinstance(selector_distill_memory, bool) or not isinstance(selector_distill_memory, int) or selector_distill_memory < 0:
+        raise ValueError(f"selector_distill_memory must be an int >= 0, got {selector_distill_memory!r}")
+    memory = SelectorNegativeMemory(selector_distill_memory) if selector_distill_memory and selector_distill_weight > 0 else None
     gen = torch.Generator().manual_seed(seed)
     inner = model.model
     for p in inner.vision_tower.parameters():
@@ -170,6 +178,8 @@ def train_qa(
             call["selector_distill_temperature"] = selector_distill_temperature
             if selector_distill_negatives:
                 call["selector_distill_negatives"] = True
+            if memory is not None:
+                call["selector_distill_memory"] = memory
         if getattr(model.config, "llm_compression", "none") == "vst":
             call["vst_ratio"] = vst_curriculum_ratio(step, steps, gen, vst_ratios)
         out = model(**batch, **call)
