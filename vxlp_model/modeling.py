@@ -993,8 +993,9 @@ def _low_relevance(sel, rel):
     rel = rel.to(probe.device)
     mean = torch.zeros(uniq.numel(), device=probe.device).index_add_(0, inv, rel.float())
     mean = mean / torch.bincount(inv, minlength=uniq.numel()).float()
-    low = mean[inv] < 0.5 * mean.max()
-    return (probe[low], uniq[mean < 0.5 * mean.max()]) if bool(low.any()) else None
+    low_group = mean < 0.5 * mean.max()
+    low = low_group[inv]
+    return (probe[low], uniq[low_group]) if bool(low.any()) else None
 
 
 def _distill_kl(
